@@ -17,7 +17,7 @@ static int test_failures;
         if (!(cond)) {                                                                         \
             test_failures++;                                                                   \
             fprintf(stderr, "%s:%d: CHECK(%s) failed: ", __FILE__, __LINE__, #cond);          \
-            fprintf(stderr, "" __VA_ARGS__);                                                   \
+            fprintf(stderr, " " __VA_ARGS__);                                                  \
             fprintf(stderr, " [last error: %s]\n", bl_last_error());                           \
         }                                                                                      \
     } while (0)

@@ -6,5 +6,11 @@
 #include "ballast/autograd.h"
 #include "ballast/ops.h"
 #include "ballast/params.h"
+#include "ballast/nn.h"
+#include "ballast/models.h"
+#include "ballast/optim.h"
+#include "ballast/io.h"
+#include "ballast/data.h"
+#include "ballast/profile.h"
 
 #endif

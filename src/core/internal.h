@@ -54,4 +54,10 @@ void bl__for_each_run(int ndim, const int64_t *shape, int n_ops, char *const *ba
                       const int64_t (*strides)[BL_MAX_DIMS], const size_t *elem_size, bl__run_fn fn,
                       void *user);
 
+/* Broadcast shape of a and b (NumPy rules) into (ndim, shape); BL_ERR with a message naming
+ * `op` when incompatible. */
+int bl__broadcast_shape(const char *op, const bl_tensor *a, const bl_tensor *b, int *ndim, int64_t *shape);
+/* Strides that read t as if broadcast to (ndim, shape): 0 on stretched and missing leading dims. */
+void bl__broadcast_strides(const bl_tensor *t, int ndim, const int64_t *shape, int64_t *stride);
+
 #endif

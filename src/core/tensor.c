@@ -381,3 +381,25 @@ int bl_fill_(bl_tensor *t, double value) {
     bl__for_each_run(t->ndim, t->shape, 1, base, (const int64_t(*)[BL_MAX_DIMS])t->stride, es, fill_run, &a);
     return BL_OK;
 }
+
+/* ---- broadcasting ---- */
+
+int bl__broadcast_shape(const char *op, const bl_tensor *a, const bl_tensor *b, int *ndim, int64_t *shape) {
+    int n = a->ndim > b->ndim ? a->ndim : b->ndim;
+    for (int i = 0; i < n; i++) {
+        int da = a->ndim - n + i, db = b->ndim - n + i;
+        int64_t sa = da >= 0 ? a->shape[da] : 1, sb = db >= 0 ? b->shape[db] : 1;
+        BL_CHECK_RC(sa == sb || sa == 1 || sb == 1, "%s: shapes %s and %s do not broadcast", op,
+                    bl__shape(a), bl__shape(b));
+        shape[i] = sa == 1 ? sb : sa;
+    }
+    *ndim = n;
+    return BL_OK;
+}
+
+void bl__broadcast_strides(const bl_tensor *t, int ndim, const int64_t *shape, int64_t *stride) {
+    for (int i = 0; i < ndim; i++) {
+        int d = t->ndim - ndim + i;
+        stride[i] = (d < 0 || t->shape[d] == 1) && shape[i] != 1 ? 0 : (d < 0 ? 0 : t->stride[d]);
+    }
+}

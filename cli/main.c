@@ -1,0 +1,34 @@
+/* The ballast command-line tool: one binary, one subcommand per job. */
+#include "cli.h"
+
+#include <stdio.h>
+#include <string.h>
+
+typedef struct {
+    const char *name;
+    cli_command_fn run;
+    const char *summary;
+} command;
+
+static const command commands[] = {
+    {"predict", cmd_predict, "run a model in eval mode on images and write one CSV row of logits per image"},
+    {"bench", cmd_bench, "throughput of training/inference, GEMM and conv GFLOP/s, side by side with PyTorch"},
+};
+
+static void usage(void) {
+    printf("usage: ballast <command> [options]   (ballast <command> --help for its options)\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        printf("  %-10s %s\n", commands[i].name, commands[i].summary);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "help") == 0) {
+        usage();
+        return argc < 2 ? 2 : 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (strcmp(argv[1], commands[i].name) == 0) return commands[i].run(argc - 2, argv + 2);
+    fprintf(stderr, "ballast: unknown command '%s'\n", argv[1]);
+    usage();
+    return 2;
+}

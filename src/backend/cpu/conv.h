@@ -1,0 +1,53 @@
+/* Fast F32 convolution kernels on the CPU, in two implementations with the same contracts as the
+ * reference kernels in backend/ref/ref_conv.h (NCHW activations, OIHW weights):
+ *  - im2col + GEMM (always built): each image is unfolded into a column matrix and multiplied by
+ *    the weights; images are spread over the OpenMP threads, one single-threaded GEMM each.
+ *  - oneDNN direct convolution (when built with it): primitives cached per shape, activations
+ *    reordered to the layout oneDNN prefers for the call and back.
+ * Neither allocates: the caller passes scratch memory of the size the matching *_workspace
+ * function gives (it may differ between passes and shapes). */
+#ifndef BALLAST_CPU_CONV_H
+#define BALLAST_CPU_CONV_H
+
+#include "backend/ref/ref_conv.h"
+#include "ballast/tensor.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef enum { BL_CONV_FWD, BL_CONV_BWD_DATA, BL_CONV_BWD_WEIGHT } bl_conv_pass;
+
+/* Bytes of scratch cpu_conv2d_<pass>_f32 needs for g (depends on the OpenMP thread count). */
+size_t cpu_conv2d_workspace(const bl_conv_geom *g, bl_conv_pass pass);
+
+/* y (N, O, OH, OW) = conv(x (N, C, H, W), w (O, C/groups, KH, KW)) + bias (O) or NULL. */
+void cpu_conv2d_fwd_f32(const bl_conv_geom *g, float *y, const float *x, const float *w, const float *bias,
+                        void *work);
+/* dx (N, C, H, W) = d<y, dy>/dx for dy (N, O, OH, OW), w (O, C/groups, KH, KW), + bias (C) or NULL. */
+void cpu_conv2d_bwd_data_f32(const bl_conv_geom *g, float *dx, const float *dy, const float *w, const float *bias,
+                             void *work);
+/* dw (O, C/groups, KH, KW) = d<y, dy>/dw for x (N, C, H, W), dy (N, O, OH, OW); and, when db is
+ * not NULL, db (O) = dy summed over N, OH, OW. */
+void cpu_conv2d_bwd_weight_f32(const bl_conv_geom *g, float *dw, float *db, const float *x, const float *dy,
+                               void *work);
+/* sums (C) = t (N, C, HW) summed over N and HW. */
+void cpu_channel_sum_f32(int64_t N, int64_t C, int64_t HW, float *sums, const float *t);
+
+#ifdef BALLAST_HAVE_ONEDNN
+/* The same three passes on oneDNN. onednn_conv2d_prepare builds (or finds) the cached primitive
+ * for this pass of g and gives the bytes of scratch its kernel needs; it returns BL_ERR with an
+ * error set when oneDNN cannot run this convolution. The kernels must only be called after a
+ * successful prepare of the same geometry, pass and bias choice; they return BL_ERR (with an error
+ * set) when oneDNN fails. Not thread-safe: call them from one thread, as the ops do. */
+int onednn_conv2d_prepare(const bl_conv_geom *g, bl_conv_pass pass, bool with_bias, size_t *workspace);
+int onednn_conv2d_fwd_f32(const bl_conv_geom *g, float *y, const float *x, const float *w, const float *bias,
+                          void *work);
+int onednn_conv2d_bwd_data_f32(const bl_conv_geom *g, float *dx, const float *dy, const float *w, const float *bias,
+                               void *work);
+int onednn_conv2d_bwd_weight_f32(const bl_conv_geom *g, float *dw, float *db, const float *x, const float *dy,
+                                 void *work);
+/* Frees every cached primitive (for leak checkers and tests). */
+void onednn_conv_release_all(void);
+#endif
+
+#endif

@@ -1,0 +1,336 @@
+/* Convolution on oneDNN's direct-convolution primitives (see conv.h).
+ *
+ * oneDNN runs fastest on its own blocked layouts (channels in blocks of 8 or 16), 2-3x faster
+ * than on plain NCHW, so each primitive is created with "any" layouts and every call reorders
+ * its NCHW/OIHW arguments into the chosen layouts and its results back: a few memory passes
+ * against a convolution's many multiply-adds. Creating a primitive costs far more than running
+ * one, so each (geometry, pass, bias) keeps its primitive, its reorders and its memory objects
+ * in a small cache; the memory objects only change data pointers between calls. The reordered
+ * copies and oneDNN's own scratchpad live in the workspace the caller passes, so nothing is
+ * allocated per call. */
+#include "conv.h"
+
+#include "ballast/tensor.h"
+
+#include <oneapi/dnnl/dnnl.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CACHE_CAP 256
+#define MAX_SLOTS 4
+#define BUFFER_ALIGN 64
+
+/* Compared with memcmp, so always built from a zeroed struct. */
+typedef struct {
+    bl_conv_geom geom;
+    int64_t pass;
+    int64_t with_bias;
+} entry_key;
+
+/* One primitive argument: the caller's memory in the plain layout and, when the primitive wants
+ * another layout, a reordered copy in the workspace. */
+typedef struct {
+    int arg;
+    bool output;
+    dnnl_memory_t user, prim; /* the same object when no reorder is needed */
+    dnnl_primitive_t reorder; /* user -> prim for inputs, prim -> user for outputs; NULL if none */
+    size_t offset;            /* of the reordered copy in the workspace */
+} slot;
+
+typedef struct {
+    entry_key key;
+    dnnl_primitive_t conv;
+    slot slots[MAX_SLOTS];
+    int n_slots;
+    dnnl_memory_t scratchpad; /* NULL when the primitive needs none */
+    size_t scratchpad_offset;
+    size_t workspace;
+} entry;
+
+static struct {
+    dnnl_engine_t engine;
+    dnnl_stream_t stream;
+    entry *entries[CACHE_CAP];
+    int count;
+    int next_victim; /* when full, entries are replaced in creation order */
+} cache;
+
+/* Jumps to the function's `fail` label when a oneDNN call fails. Building a primitive fails
+ * quietly (the caller falls back to another implementation); running one records why. */
+static struct {
+    const char *what;
+    dnnl_status_t status;
+} last_failure;
+
+#define DNNL_TRY(call)                                                                             \
+    do {                                                                                           \
+        dnnl_status_t st_ = (call);                                                                \
+        if (st_ != dnnl_success) {                                                                 \
+            last_failure.what = #call;                                                             \
+            last_failure.status = st_;                                                             \
+            goto fail;                                                                             \
+        }                                                                                          \
+    } while (0)
+
+static size_t align_up(size_t bytes) { return (bytes + BUFFER_ALIGN - 1) / BUFFER_ALIGN * BUFFER_ALIGN; }
+
+static void destroy_entry(entry *e) {
+    if (!e) return;
+    for (int i = 0; i < e->n_slots; i++) {
+        slot *s = &e->slots[i];
+        if (s->reorder) dnnl_primitive_destroy(s->reorder);
+        if (s->prim && s->prim != s->user) dnnl_memory_destroy(s->prim);
+        if (s->user) dnnl_memory_destroy(s->user);
+    }
+    if (e->scratchpad) dnnl_memory_destroy(e->scratchpad);
+    if (e->conv) dnnl_primitive_destroy(e->conv);
+    free(e);
+}
+
+static int ensure_engine(void) {
+    if (cache.engine) return BL_OK;
+    DNNL_TRY(dnnl_engine_create(&cache.engine, dnnl_cpu, 0));
+    DNNL_TRY(dnnl_stream_create(&cache.stream, cache.engine, dnnl_stream_default_flags));
+    return BL_OK;
+fail:
+    if (cache.engine) dnnl_engine_destroy(cache.engine);
+    cache.engine = NULL;
+    return BL_ERR;
+}
+
+/* Appends to e the slot of argument `arg`, whose caller layout is user_md and whose primitive
+ * layout is prim_md; a reordered copy, when needed, is placed at *workspace, which grows past it. */
+static int add_slot(entry *e, int arg, bool output, const dnnl_memory_desc_t *user_md,
+                    const dnnl_memory_desc_t *prim_md, size_t *workspace) {
+    dnnl_primitive_desc_t reorder_pd = NULL;
+    slot *s = &e->slots[e->n_slots++];
+    *s = (slot){.arg = arg, .output = output};
+    DNNL_TRY(dnnl_memory_create(&s->user, user_md, cache.engine, DNNL_MEMORY_NONE));
+    if (dnnl_memory_desc_equal(user_md, prim_md)) {
+        s->prim = s->user;
+        return BL_OK;
+    }
+    DNNL_TRY(dnnl_memory_create(&s->prim, prim_md, cache.engine, DNNL_MEMORY_NONE));
+    if (output)
+        DNNL_TRY(dnnl_reorder_primitive_desc_create(&reorder_pd, prim_md, cache.engine, user_md, cache.engine, NULL));
+    else
+        DNNL_TRY(dnnl_reorder_primitive_desc_create(&reorder_pd, user_md, cache.engine, prim_md, cache.engine, NULL));
+    DNNL_TRY(dnnl_primitive_create(&s->reorder, reorder_pd));
+    dnnl_primitive_desc_destroy(reorder_pd);
+    s->offset = *workspace;
+    *workspace += align_up(dnnl_memory_desc_get_size(prim_md));
+    return BL_OK;
+fail:
+    if (reorder_pd) dnnl_primitive_desc_destroy(reorder_pd);
+    return BL_ERR;
+}
+
+/* The primitive layout of argument `what` (index `index`) that pd chose. */
+static const dnnl_memory_desc_t *chosen(const_dnnl_primitive_desc_t pd, dnnl_query_t what, int index) {
+    return dnnl_primitive_desc_query_md(pd, what, index);
+}
+
+static entry *build_entry(const entry_key *key) {
+    const bl_conv_geom *g = &key->geom;
+    entry *e = calloc(1, sizeof *e);
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_primitive_desc_t fwd_pd = NULL, pd = NULL;
+    if (!e) return NULL;
+    e->key = *key;
+
+    dnnl_dims_t src_dims = {g->N, g->C, g->H, g->W}, dst_dims = {g->N, g->O, g->OH, g->OW}, bias_dims = {g->O};
+    dnnl_dims_t w_dims = {g->groups, g->O / g->groups, g->C / g->groups, g->KH, g->KW};
+    int w_ndims = 5;
+    dnnl_format_tag_t w_tag = dnnl_goihw;
+    if (g->groups == 1) {
+        /* Without groups, oneDNN wants 4-D weights: drop the leading group dim. */
+        memmove(w_dims, w_dims + 1, 4 * sizeof w_dims[0]);
+        w_ndims = 4;
+        w_tag = dnnl_oihw;
+    }
+    dnnl_dims_t strides = {g->stride_h, g->stride_w}, dilates = {g->dilation_h - 1, g->dilation_w - 1};
+    dnnl_dims_t pad_l = {g->pad_h, g->pad_w};
+    /* The right/bottom padding that makes oneDNN's output size equal ours (it may be smaller
+     * than the left padding when the stride skips the last rows). */
+    dnnl_dims_t pad_r = {(g->OH - 1) * g->stride_h + (g->KH - 1) * g->dilation_h + 1 - g->H - g->pad_h,
+                         (g->OW - 1) * g->stride_w + (g->KW - 1) * g->dilation_w + 1 - g->W - g->pad_w};
+
+    dnnl_memory_desc_t src_user, dst_user, w_user, bias_md, src_any, dst_any, w_any;
+    DNNL_TRY(dnnl_memory_desc_init_by_tag(&src_user, 4, src_dims, dnnl_f32, dnnl_nchw));
+    DNNL_TRY(dnnl_memory_desc_init_by_tag(&dst_user, 4, dst_dims, dnnl_f32, dnnl_nchw));
+    DNNL_TRY(dnnl_memory_desc_init_by_tag(&w_user, w_ndims, w_dims, dnnl_f32, w_tag));
+    DNNL_TRY(dnnl_memory_desc_init_by_tag(&bias_md, 1, bias_dims, dnnl_f32, dnnl_a));
+    DNNL_TRY(dnnl_memory_desc_init_by_tag(&src_any, 4, src_dims, dnnl_f32, dnnl_format_tag_any));
+    DNNL_TRY(dnnl_memory_desc_init_by_tag(&dst_any, 4, dst_dims, dnnl_f32, dnnl_format_tag_any));
+    DNNL_TRY(dnnl_memory_desc_init_by_tag(&w_any, w_ndims, w_dims, dnnl_f32, dnnl_format_tag_any));
+
+    DNNL_TRY(dnnl_primitive_attr_create(&attr));
+    DNNL_TRY(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user));
+
+    /* The forward descriptor is also the backward passes' hint; it must match their bias. */
+    bool fwd_bias = key->with_bias && key->pass != BL_CONV_BWD_DATA;
+    dnnl_convolution_desc_t fwd_desc, desc;
+    DNNL_TRY(dnnl_dilated_convolution_forward_desc_init(&fwd_desc, dnnl_forward_training, dnnl_convolution_direct,
+                                                         &src_any, &w_any, fwd_bias ? &bias_md : NULL, &dst_any,
+                                                         strides, dilates, pad_l, pad_r));
+    DNNL_TRY(dnnl_primitive_desc_create(&fwd_pd, &fwd_desc, attr, cache.engine, NULL));
+
+    size_t workspace = 0;
+/* Adds the slot of argument ARG (an output when OUT) in caller layout USER_MD, whose primitive
+ * layout pd reports for QUERY, INDEX. */
+#define SLOT(ARG, OUT, USER_MD, QUERY, INDEX)                                                       \
+    do {                                                                                           \
+        if (add_slot(e, ARG, OUT, &USER_MD, chosen(pd, QUERY, INDEX), &workspace) != BL_OK) goto fail; \
+    } while (0)
+    switch (key->pass) {
+    case BL_CONV_FWD:
+        pd = fwd_pd;
+        fwd_pd = NULL;
+        SLOT(DNNL_ARG_SRC, false, src_user, dnnl_query_src_md, 0);
+        SLOT(DNNL_ARG_WEIGHTS, false, w_user, dnnl_query_weights_md, 0);
+        if (key->with_bias)
+            SLOT(DNNL_ARG_BIAS, false, bias_md, dnnl_query_weights_md, 1);
+        SLOT(DNNL_ARG_DST, true, dst_user, dnnl_query_dst_md, 0);
+        break;
+    case BL_CONV_BWD_DATA:
+        DNNL_TRY(dnnl_dilated_convolution_backward_data_desc_init(&desc, dnnl_convolution_direct, &src_any, &w_any,
+                                                                   &dst_any, strides, dilates, pad_l, pad_r));
+        DNNL_TRY(dnnl_primitive_desc_create(&pd, &desc, attr, cache.engine, fwd_pd));
+        SLOT(DNNL_ARG_DIFF_DST, false, dst_user, dnnl_query_diff_dst_md, 0);
+        SLOT(DNNL_ARG_WEIGHTS, false, w_user, dnnl_query_weights_md, 0);
+        SLOT(DNNL_ARG_DIFF_SRC, true, src_user, dnnl_query_diff_src_md, 0);
+        break;
+    case BL_CONV_BWD_WEIGHT:
+        DNNL_TRY(dnnl_dilated_convolution_backward_weights_desc_init(&desc, dnnl_convolution_direct, &src_any, &w_any,
+                                                                      key->with_bias ? &bias_md : NULL, &dst_any,
+                                                                      strides, dilates, pad_l, pad_r));
+        DNNL_TRY(dnnl_primitive_desc_create(&pd, &desc, attr, cache.engine, fwd_pd));
+        SLOT(DNNL_ARG_SRC, false, src_user, dnnl_query_src_md, 0);
+        SLOT(DNNL_ARG_DIFF_DST, false, dst_user, dnnl_query_diff_dst_md, 0);
+        SLOT(DNNL_ARG_DIFF_WEIGHTS, true, w_user, dnnl_query_diff_weights_md, 0);
+        if (key->with_bias)
+            SLOT(DNNL_ARG_DIFF_BIAS, true, bias_md, dnnl_query_diff_weights_md, 1);
+        break;
+    }
+#undef SLOT
+
+    const dnnl_memory_desc_t *scratch_md = chosen(pd, dnnl_query_scratchpad_md, 0);
+    size_t scratch_bytes = scratch_md ? dnnl_memory_desc_get_size(scratch_md) : 0;
+    if (scratch_bytes) {
+        DNNL_TRY(dnnl_memory_create(&e->scratchpad, scratch_md, cache.engine, DNNL_MEMORY_NONE));
+        e->scratchpad_offset = workspace;
+        workspace += align_up(scratch_bytes);
+    }
+    e->workspace = workspace;
+    DNNL_TRY(dnnl_primitive_create(&e->conv, pd));
+    dnnl_primitive_desc_destroy(pd);
+    if (fwd_pd) dnnl_primitive_desc_destroy(fwd_pd);
+    dnnl_primitive_attr_destroy(attr);
+    return e;
+fail:
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    if (fwd_pd) dnnl_primitive_desc_destroy(fwd_pd);
+    if (attr) dnnl_primitive_attr_destroy(attr);
+    destroy_entry(e);
+    return NULL;
+}
+
+static entry *find_or_build(const bl_conv_geom *g, bl_conv_pass pass, bool with_bias) {
+    entry_key key;
+    memset(&key, 0, sizeof key);
+    key.geom = *g;
+    key.pass = pass;
+    key.with_bias = with_bias;
+    for (int i = 0; i < cache.count; i++)
+        if (!memcmp(&cache.entries[i]->key, &key, sizeof key)) return cache.entries[i];
+    if (ensure_engine() != BL_OK) return NULL;
+    entry *e = build_entry(&key);
+    if (!e) return NULL;
+    if (cache.count < CACHE_CAP) {
+        cache.entries[cache.count++] = e;
+    } else {
+        destroy_entry(cache.entries[cache.next_victim]);
+        cache.entries[cache.next_victim] = e;
+        cache.next_victim = (cache.next_victim + 1) % CACHE_CAP;
+    }
+    return e;
+}
+
+int onednn_conv2d_prepare(const bl_conv_geom *g, bl_conv_pass pass, bool with_bias, size_t *workspace) {
+    entry *e = find_or_build(g, pass, with_bias);
+    if (!e) return BL_ERR;
+    *workspace = e->workspace;
+    return BL_OK;
+}
+
+/* Runs e on the caller's buffers (one per slot, in slot order), reordering on the way in and out. */
+static int run(const bl_conv_geom *g, bl_conv_pass pass, bool with_bias, void *const *buffers, void *work) {
+    entry *e = find_or_build(g, pass, with_bias);
+    if (!e) {
+        bl_set_error("conv2d: oneDNN has no primitive for this convolution (run without a successful prepare)");
+        return BL_ERR;
+    }
+    dnnl_exec_arg_t args[MAX_SLOTS + 1];
+    int n_args = 0;
+    for (int i = 0; i < e->n_slots; i++) {
+        slot *s = &e->slots[i];
+        DNNL_TRY(dnnl_memory_set_data_handle(s->user, buffers[i]));
+        if (s->reorder) DNNL_TRY(dnnl_memory_set_data_handle(s->prim, (char *)work + s->offset));
+        args[n_args++] = (dnnl_exec_arg_t){s->arg, s->prim};
+    }
+    if (e->scratchpad) {
+        DNNL_TRY(dnnl_memory_set_data_handle(e->scratchpad, (char *)work + e->scratchpad_offset));
+        args[n_args++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, e->scratchpad};
+    }
+    for (int i = 0; i < e->n_slots; i++) {
+        slot *s = &e->slots[i];
+        if (!s->reorder || s->output) continue;
+        dnnl_exec_arg_t r[2] = {{DNNL_ARG_FROM, s->user}, {DNNL_ARG_TO, s->prim}};
+        DNNL_TRY(dnnl_primitive_execute(s->reorder, cache.stream, 2, r));
+    }
+    DNNL_TRY(dnnl_primitive_execute(e->conv, cache.stream, n_args, args));
+    for (int i = 0; i < e->n_slots; i++) {
+        slot *s = &e->slots[i];
+        if (!s->reorder || !s->output) continue;
+        dnnl_exec_arg_t r[2] = {{DNNL_ARG_FROM, s->prim}, {DNNL_ARG_TO, s->user}};
+        DNNL_TRY(dnnl_primitive_execute(s->reorder, cache.stream, 2, r));
+    }
+    DNNL_TRY(dnnl_stream_wait(cache.stream));
+    return BL_OK;
+fail:
+    bl_set_error("conv2d: oneDNN call %s failed with status %d", last_failure.what, (int)last_failure.status);
+    return BL_ERR;
+}
+
+int onednn_conv2d_fwd_f32(const bl_conv_geom *g, float *y, const float *x, const float *w, const float *bias,
+                          void *work) {
+    void *with_bias[4] = {(void *)x, (void *)w, (void *)bias, y}, *without[3] = {(void *)x, (void *)w, y};
+    return run(g, BL_CONV_FWD, bias != NULL, bias ? with_bias : without, work);
+}
+
+int onednn_conv2d_bwd_data_f32(const bl_conv_geom *g, float *dx, const float *dy, const float *w, const float *bias,
+                               void *work) {
+    void *buffers[3] = {(void *)dy, (void *)w, dx};
+    if (run(g, BL_CONV_BWD_DATA, false, buffers, work) != BL_OK) return BL_ERR;
+    if (bias) {
+        /* oneDNN's backward-data has no bias; the transposed convolution's bias is one more pass. */
+        int64_t hw = g->H * g->W;
+#pragma omp parallel for schedule(static)
+        for (int64_t plane = 0; plane < g->N * g->C; plane++)
+            for (int64_t i = 0; i < hw; i++) dx[plane * hw + i] += bias[plane % g->C];
+    }
+    return BL_OK;
+}
+
+int onednn_conv2d_bwd_weight_f32(const bl_conv_geom *g, float *dw, float *db, const float *x, const float *dy,
+                                 void *work) {
+    void *with_bias[4] = {(void *)x, (void *)dy, dw, db}, *without[3] = {(void *)x, (void *)dy, dw};
+    return run(g, BL_CONV_BWD_WEIGHT, db != NULL, db ? with_bias : without, work);
+}
+
+void onednn_conv_release_all(void) {
+    for (int i = 0; i < cache.count; i++) destroy_entry(cache.entries[i]);
+    if (cache.stream) dnnl_stream_destroy(cache.stream);
+    if (cache.engine) dnnl_engine_destroy(cache.engine);
+    memset(&cache, 0, sizeof cache);
+}

@@ -1,0 +1,77 @@
+/* The transformer's composite modules, laid out as timm's so that state dicts map one to one:
+ * Mlp (fc1, act, fc2), Attention (one fused qkv linear, per-head scaled dot-product attention, proj)
+ * and the pre-norm Block built from them. */
+#include "nn/nn_internal.h"
+
+#include <string.h>
+
+/* ---- Mlp ---- */
+
+int bl_mlp_init(bl_mlp *m, bl_params *ps, const char *prefix, int64_t in_features, int64_t hidden_features,
+                int64_t out_features, bl_activation act, double drop, bl_rng *rng) {
+    char name[BL_PARAM_NAME_MAX];
+    memset(m, 0, sizeof *m);
+    m->act = act;
+    BL_TRY(bl_linear_layer_init(&m->fc1, ps, bl_param_name(name, prefix, "fc1"), in_features, hidden_features, true, rng));
+    BL_TRY(bl_linear_layer_init(&m->fc2, ps, bl_param_name(name, prefix, "fc2"), hidden_features, out_features, true, rng));
+    bl_dropout_layer_init(&m->drop, drop, rng);
+    return BL_OK;
+}
+
+bl_tensor *bl_mlp_forward(bl_mlp *m, bl_tensor *x, bool training) {
+    bl_tensor *h = bl_activate(bl_linear_layer_forward(&m->fc1, x), m->act);
+    h = bl_dropout_layer_forward(&m->drop, h, training);
+    h = bl_linear_layer_forward(&m->fc2, h);
+    return bl_dropout_layer_forward(&m->drop, h, training);
+}
+
+/* ---- multi-head attention ---- */
+
+int bl_mha_init(bl_mha *m, bl_params *ps, const char *prefix, int64_t dim, int64_t heads, bool qkv_bias,
+                double drop, bl_rng *rng) {
+    BL_CHECK_RC(dim > 0 && heads > 0 && dim % heads == 0, "Attention '%s': dim %lld is not divisible by %lld heads",
+                prefix, (long long)dim, (long long)heads);
+    char name[BL_PARAM_NAME_MAX];
+    memset(m, 0, sizeof *m);
+    m->dim = dim;
+    m->heads = heads;
+    BL_TRY(bl_linear_layer_init(&m->qkv, ps, bl_param_name(name, prefix, "qkv"), dim, 3 * dim, qkv_bias, rng));
+    BL_TRY(bl_linear_layer_init(&m->proj, ps, bl_param_name(name, prefix, "proj"), dim, dim, true, rng));
+    bl_dropout_layer_init(&m->proj_drop, drop, rng);
+    return BL_OK;
+}
+
+bl_tensor *bl_mha_forward(bl_mha *m, bl_tensor *x, bl_tensor *mask, bool training) {
+    BL_NONNULL(x);
+    BL_CHECK(x->ndim == 3 && x->shape[2] == m->dim, "Attention(dim %lld, %lld heads): input of shape %s, expected (B, T, %lld)",
+             (long long)m->dim, (long long)m->heads, bl__shape(x), (long long)m->dim);
+    int64_t B = x->shape[0], T = x->shape[1], H = m->heads, hd = m->dim / m->heads;
+    /* The fused projection's features are ordered (q|k|v, head, head_dim), as timm splits them. */
+    bl_tensor *qkv = bl_reshape(bl_linear_layer_forward(&m->qkv, x), BL_SHAPE(B, T, 3, H, hd));
+    bl_tensor *per_head = bl_permute(qkv, (const int[]){2, 0, 3, 1, 4}); /* (3, B, H, T, hd) */
+    bl_tensor *q = bl_select(per_head, 0, 0), *k = bl_select(per_head, 0, 1), *v = bl_select(per_head, 0, 2);
+    bl_tensor *o = bl_scaled_dot_product_attention(q, k, v, mask, false, 0.0); /* (B, H, T, hd) */
+    o = bl_reshape(bl_transpose(o, 1, 2), BL_SHAPE(B, T, m->dim));
+    o = bl_linear_layer_forward(&m->proj, o);
+    return bl_dropout_layer_forward(&m->proj_drop, o, training);
+}
+
+/* ---- pre-norm block ---- */
+
+int bl_transformer_block_init(bl_transformer_block *m, bl_params *ps, const char *prefix, int64_t dim,
+                              int64_t heads, double mlp_ratio, bool qkv_bias, double drop, double norm_eps,
+                              bl_rng *rng) {
+    int64_t hidden = (int64_t)(dim * mlp_ratio);
+    BL_CHECK_RC(hidden > 0, "Block '%s': mlp_ratio %g gives no hidden units", prefix, mlp_ratio);
+    char name[BL_PARAM_NAME_MAX];
+    memset(m, 0, sizeof *m);
+    BL_TRY(bl_layernorm_init(&m->norm1, ps, bl_param_name(name, prefix, "norm1"), dim, norm_eps));
+    BL_TRY(bl_mha_init(&m->attn, ps, bl_param_name(name, prefix, "attn"), dim, heads, qkv_bias, drop, rng));
+    BL_TRY(bl_layernorm_init(&m->norm2, ps, bl_param_name(name, prefix, "norm2"), dim, norm_eps));
+    return bl_mlp_init(&m->mlp, ps, bl_param_name(name, prefix, "mlp"), dim, hidden, dim, BL_ACT_GELU, drop, rng);
+}
+
+bl_tensor *bl_transformer_block_forward(bl_transformer_block *m, bl_tensor *x, bool training) {
+    x = bl_add(x, bl_mha_forward(&m->attn, bl_layernorm_forward(&m->norm1, x), NULL, training));
+    return bl_add(x, bl_mlp_forward(&m->mlp, bl_layernorm_forward(&m->norm2, x), training));
+}

@@ -1,0 +1,36 @@
+/* Internal helpers shared by the dense ops (matmul.c, attention.c, softmax.c): how a tensor's
+ * trailing matrix is handed to the GEMM kernels, batch-dim broadcasting, and the row softmax
+ * kernels that attention reuses. Not part of the public API. */
+#ifndef BALLAST_OPS_DENSE_H
+#define BALLAST_OPS_DENSE_H
+
+#include "ballast/tensor.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* Whether the GEMM kernels can read t's last two dims (R, C) in place: row-major (*trans false,
+ * *ld = row stride) or column-major (*trans true, *ld = column stride), as for a transposed view.
+ * Batch dims may have any strides. False when a copy is needed. */
+bool bl__gemm_operand(const bl_tensor *t, bool *trans, int64_t *ld);
+
+/* t itself when bl__gemm_operand accepts it, else a contiguous copy made without recording
+ * autograd (kernels only read it). */
+bl_tensor *bl__gemm_readable(bl_tensor *t);
+
+/* Broadcasts the batch dims (all but the last `matrix_dims`) of n tensors, NumPy-style, into
+ * batch_shape (BL_MAX_DIMS entries). Returns the number of batch dims, or -1 when they do not
+ * broadcast. */
+int bl__broadcast_batch(int n, bl_tensor *const *ts, int matrix_dims, int64_t *batch_shape);
+
+/* offsets (prod(batch_shape)) = element offset of each of t's matrices, for every index of a batch
+ * of shape batch_shape (t's batch dims aligned at the right; size-1 and missing dims repeat). */
+void bl__batch_offsets(const bl_tensor *t, int matrix_dims, int batch_ndim, const int64_t *batch_shape,
+                       int64_t *offsets);
+
+/* Row softmax kernels (in softmax.c), single-threaded: y (rows, D) = softmax of x (rows, D) along
+ * each row, both contiguous; y may alias x. A row that is all -inf gives NaN, as in PyTorch. */
+void cpu_softmax_rows_f32(int64_t rows, int64_t D, const float *x, float *y);
+void ref_softmax_rows_f64(int64_t rows, int64_t D, const double *x, double *y);
+
+#endif
