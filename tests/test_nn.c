@@ -100,9 +100,8 @@ static void naive_mha(const double *x, int64_t B, int64_t T, int64_t D, int64_t 
 }
 
 /* x (N, C, H, W), w (O, C, K, K) -> y (N, O, OH, OW); groups 1. */
-static void naive_conv2d(const double *x, int64_t N, int64_t C, int64_t H, int64_t W, const double *w,
-                         const double *b, int64_t O, int64_t K, int64_t stride, int64_t pad, double *y, int64_t *OH,
-                         int64_t *OW) {
+static void naive_conv2d(const double *x, int64_t N, int64_t C, int64_t H, int64_t W, const double *w, const double *b,
+                         int64_t O, int64_t K, int64_t stride, int64_t pad, double *y, int64_t *OH, int64_t *OW) {
     int64_t oh = (H + 2 * pad - K) / stride + 1, ow = (W + 2 * pad - K) / stride + 1;
     for (int64_t n = 0; n < N; n++)
         for (int64_t o = 0; o < O; o++)
@@ -187,7 +186,8 @@ static void test_linear_layer(void) {
     bl_linear_layer fc, nb;
     CHECK(bl_linear_layer_init(&fc, &ps, "head", 5, 7, true, &rng) == BL_OK);
     CHECK(bl_linear_layer_init(&nb, &ps, "proj", 5, 3, false, &rng) == BL_OK);
-    CHECK(has_shape(bl_params_find(&ps, "head.weight"), BL_SHAPE(7, 5)) && bl_params_find(&ps, "head.weight") == fc.weight);
+    CHECK(has_shape(bl_params_find(&ps, "head.weight"), BL_SHAPE(7, 5)) &&
+          bl_params_find(&ps, "head.weight") == fc.weight);
     CHECK(has_shape(bl_params_find(&ps, "head.bias"), BL_SHAPE(7)) && bl_params_find(&ps, "proj.bias") == NULL);
     CHECK(nb.bias == NULL && ps.count == 3);
     double mean, var, mx;
@@ -474,9 +474,9 @@ static void test_transformer_block_matches_naive(void) {
     bl_rng rng = bl_rng_make(6, 1);
     bl_transformer_block blk;
     CHECK(bl_transformer_block_init(&blk, &ps, "blocks.3", 8, 2, 2.0, true, 0.0, 1e-6, &rng) == BL_OK);
-    const char *names[12] = {"norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias",
-                             "attn.proj.weight", "attn.proj.bias", "norm2.weight", "norm2.bias",
-                             "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"};
+    const char *names[12] = {"norm1.weight",     "norm1.bias",     "attn.qkv.weight", "attn.qkv.bias",
+                             "attn.proj.weight", "attn.proj.bias", "norm2.weight",    "norm2.bias",
+                             "mlp.fc1.weight",   "mlp.fc1.bias",   "mlp.fc2.weight",  "mlp.fc2.bias"};
     CHECK(ps.count == 12);
     for (int i = 0; i < 12 && i < ps.count; i++) {
         char full[BL_PARAM_NAME_MAX];
@@ -534,9 +534,9 @@ static bl_tensor *f_mha(bl_tensor *const *in, void *user) {
 
 static bl_tensor *f_block(bl_tensor *const *in, void *user) {
     bl_transformer_block m = *(bl_transformer_block *)user;
-    bl_tensor **slots[12] = {&m.norm1.weight,    &m.norm1.bias,     &m.attn.qkv.weight, &m.attn.qkv.bias,
+    bl_tensor **slots[12] = {&m.norm1.weight,     &m.norm1.bias,     &m.attn.qkv.weight, &m.attn.qkv.bias,
                              &m.attn.proj.weight, &m.attn.proj.bias, &m.norm2.weight,    &m.norm2.bias,
-                             &m.mlp.fc1.weight,  &m.mlp.fc1.bias,   &m.mlp.fc2.weight,  &m.mlp.fc2.bias};
+                             &m.mlp.fc1.weight,   &m.mlp.fc1.bias,   &m.mlp.fc2.weight,  &m.mlp.fc2.bias};
     for (int i = 0; i < 12; i++) *slots[i] = in[i + 1];
     return bl_transformer_block_forward(&m, in[0], false);
 }
@@ -586,9 +586,9 @@ static void test_gradcheck_modules(void) {
 
     bl_tensor *in_blk[13] = {test_randn(BL_F64, BL_SHAPE(1, 3, 4), 86)};
     in_blk[0]->requires_grad = true;
-    bl_tensor *blk_params[12] = {blk.norm1.weight,    blk.norm1.bias,     blk.attn.qkv.weight, blk.attn.qkv.bias,
+    bl_tensor *blk_params[12] = {blk.norm1.weight,     blk.norm1.bias,     blk.attn.qkv.weight, blk.attn.qkv.bias,
                                  blk.attn.proj.weight, blk.attn.proj.bias, blk.norm2.weight,    blk.norm2.bias,
-                                 blk.mlp.fc1.weight,  blk.mlp.fc1.bias,   blk.mlp.fc2.weight,  blk.mlp.fc2.bias};
+                                 blk.mlp.fc1.weight,   blk.mlp.fc1.bias,   blk.mlp.fc2.weight,  blk.mlp.fc2.bias};
     for (int i = 0; i < 12; i++) in_blk[i + 1] = f64_leaf(blk_params[i]);
     CHECK(bl_gradcheck(f_block, &blk, 13, in_blk, 1e-6, 1e-5, true) == BL_OK, "block: %s", bl_last_error());
     bl_params_free(&ps);

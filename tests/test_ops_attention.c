@@ -1,9 +1,9 @@
-/* Scaled dot-product attention: the fused inference kernel and the composite autograd path
- * against a direct double-precision computation, with no mask, boolean masks (full and
+/* Scaled dot-product attention: the fused forward (with and without keeping probabilities for
+ * backward) against a direct double-precision computation, with no mask, boolean masks (full and
  * broadcast), additive masks, causal masking, an explicit scale, broadcast batch dims, strided q/k/v
  * (the per-head views of a packed qkv projection, a transposed k) and query blocks that do not
- * fit one scores buffer; first- and second-order gradient checks in F64 with and without masks;
- * error reporting. */
+ * fit one scores buffer; the fused first-order backward against the backward built from ops;
+ * first- and second-order gradient checks in F64 with and without masks; error reporting. */
 #include "test.h"
 
 /* Element of t at a multi-index of a (possibly bigger) broadcast shape aligned at the right. */
@@ -106,7 +106,8 @@ static bl_tensor *make_mask(const attention_case *c, bl_dtype dt, int64_t B, int
     }
 }
 
-/* Fused path (no grad) and composite path (inputs require grad) against the loops. */
+/* Without gradients (scores in a per-thread buffer) and with (probabilities kept for backward),
+ * against the loops. */
 static void test_values_both_paths(void) {
     bl_dtype dts[2] = {BL_F32, BL_F64};
     int64_t B = 2, H = 3, Tq = 5, Tk = 6, D = 4, Dv = 7;
@@ -120,14 +121,14 @@ static void test_values_both_paths(void) {
             bl_tensor *fused = bl_scaled_dot_product_attention(q, k, v, mask, cases[c].causal, cases[c].scale);
             CHECK(fused && fused->ndim == 4 && fused->shape[2] == Tq && fused->shape[3] == Dv, "%s shape", cases[c].name);
             double e = attention_error(q, k, v, mask, cases[c].causal, cases[c].scale, fused);
-            CHECK(e < tol, "fused %s %s: error %g", cases[c].name, bl_dtype_name(dt), e);
-            CHECK(fused && !fused->requires_grad && !fused->grad_fn, "the fused path records nothing");
+            CHECK(e < tol, "inference %s %s: error %g", cases[c].name, bl_dtype_name(dt), e);
+            CHECK(fused && !fused->requires_grad && !fused->grad_fn, "inference records nothing");
 
             q->requires_grad = true;
-            bl_tensor *composite = bl_scaled_dot_product_attention(q, k, v, mask, cases[c].causal, cases[c].scale);
-            CHECK(composite && composite->requires_grad, "%s: composite path is differentiable", cases[c].name);
-            e = attention_error(q, k, v, mask, cases[c].causal, cases[c].scale, composite);
-            CHECK(e < tol, "composite %s %s: error %g", cases[c].name, bl_dtype_name(dt), e);
+            bl_tensor *training = bl_scaled_dot_product_attention(q, k, v, mask, cases[c].causal, cases[c].scale);
+            CHECK(training && training->requires_grad, "%s: recorded for autograd", cases[c].name);
+            e = attention_error(q, k, v, mask, cases[c].causal, cases[c].scale, training);
+            CHECK(e < tol, "training %s %s: error %g", cases[c].name, bl_dtype_name(dt), e);
         }
 }
 
@@ -201,6 +202,44 @@ static void test_gradcheck(void) {
     }
 }
 
+/* k and v shared by the whole batch: the first-order backward takes the ops path too. */
+static bl_tensor *shared_kv_fn(bl_tensor *const *in, void *user) {
+    return bl_scaled_dot_product_attention(in[0], in[1], in[2], NULL, true, 0);
+}
+
+static void test_gradcheck_broadcast(void) {
+    bl_tensor *in[3] = {test_randn(BL_F64, BL_SHAPE(2, 3, 2), 41), test_randn(BL_F64, BL_SHAPE(4, 2), 42),
+                        test_randn(BL_F64, BL_SHAPE(1, 4, 3), 43)};
+    for (int i = 0; i < 3; i++) in[i]->requires_grad = true;
+    CHECK(bl_gradcheck(shared_kv_fn, NULL, 3, in, 1e-6, 1e-6, true) == BL_OK, "shared k, v");
+}
+
+/* The fused first-order backward (create_graph off) against the backward built from ops
+ * (create_graph on), for every mask kind, in F32 and F64, on per-head views of a packed qkv. */
+static void test_fused_backward_matches_ops(void) {
+    bl_dtype dts[2] = {BL_F32, BL_F64};
+    int64_t B = 3, T = 7, H = 2, hd = 5;
+    for (int di = 0; di < 2; di++)
+        for (int c = 0; c < N_CASES; c++) {
+            bl_dtype dt = dts[di];
+            bl_tensor *qkv = test_randn(dt, BL_SHAPE(B, T, 3, H, hd), 50 + c);
+            qkv->requires_grad = true;
+            bl_tensor *heads = bl_permute(qkv, (const int[]){2, 0, 3, 1, 4});
+            bl_tensor *q = bl_select(heads, 0, 0), *k = bl_select(heads, 0, 1), *v = bl_select(heads, 0, 2);
+            bl_tensor *mask = make_mask(&cases[c], dt, B, T, T, 60 + c);
+            bl_tensor *out = bl_scaled_dot_product_attention(q, k, v, mask, cases[c].causal, cases[c].scale);
+            bl_tensor *g = test_randn(dt, out->ndim, out->shape, 70 + c);
+            bl_tensor *ins[3] = {q, k, v}, *fused[3], *ops[3];
+            CHECK(bl_autograd_grad(1, &out, &g, 3, ins, fused, false) == BL_OK, "fused");
+            CHECK(bl_autograd_grad(1, &out, &g, 3, ins, ops, true) == BL_OK, "ops");
+            double tol = dt == BL_F32 ? 1e-5 : 1e-12;
+            for (int i = 0; i < 3; i++)
+                CHECK(test_max_rel_diff(fused[i], ops[i]) < tol, "%s %s input %d: %g", cases[c].name, bl_dtype_name(dt), i,
+                      test_max_rel_diff(fused[i], ops[i]));
+            CHECK(ops[0] && ops[0]->requires_grad, "create_graph gradients are differentiable");
+        }
+}
+
 static void test_errors(void) {
     bl_tensor *q = bl_zeros(BL_F32, BL_SHAPE(2, 3, 4)), *k = bl_zeros(BL_F32, BL_SHAPE(2, 5, 4));
     bl_tensor *v = bl_zeros(BL_F32, BL_SHAPE(2, 5, 6));
@@ -230,4 +269,4 @@ static void test_errors(void) {
 }
 
 TEST_MAIN(TEST(test_values_both_paths), TEST(test_strided_and_broadcast_inputs), TEST(test_gradcheck),
-          TEST(test_errors))
+          TEST(test_gradcheck_broadcast), TEST(test_fused_backward_matches_ops), TEST(test_errors))

@@ -101,13 +101,39 @@ static void check_results(const char *impl, int index, const conv_results *got, 
           test_max_rel_diff(got->db, want->db));
 }
 
+/* Results the kernels write into: exactly-sized heap buffers (so a sanitizer build catches a
+ * write past the end), filled with NaN (so an element a kernel forgets to write cannot pass). */
+static bl_tensor *nan_tensor(int ndim, const int64_t *shape) {
+    bl_tensor *t = bl_tensor_new_persistent(BL_F32, ndim, shape);
+    bl_fill_(t, NAN);
+    return t;
+}
+
 static conv_results empty_results(const bl_conv_geom *g) {
     conv_results r;
-    r.y = bl_full(BL_F32, BL_SHAPE(g->N, g->O, g->OH, g->OW), NAN);
-    r.dx = bl_full(BL_F32, BL_SHAPE(g->N, g->C, g->H, g->W), NAN);
-    r.dw = bl_full(BL_F32, BL_SHAPE(g->O, g->C / g->groups, g->KH, g->KW), NAN);
-    r.db = bl_full(BL_F32, BL_SHAPE(g->O), NAN);
+    r.y = nan_tensor(BL_SHAPE(g->N, g->O, g->OH, g->OW));
+    r.dx = nan_tensor(BL_SHAPE(g->N, g->C, g->H, g->W));
+    r.dw = nan_tensor(BL_SHAPE(g->O, g->C / g->groups, g->KH, g->KW));
+    r.db = nan_tensor(BL_SHAPE(g->O));
     return r;
+}
+
+static void free_results(conv_results *r) {
+    bl_tensor_free(r->y);
+    bl_tensor_free(r->dx);
+    bl_tensor_free(r->dw);
+    bl_tensor_free(r->db);
+}
+
+/* The three im2col passes with exactly-sized heap scratch. */
+static void run_im2col(const bl_conv_geom *g, const conv_data *d, conv_results *got) {
+    void *work[3] = {malloc(cpu_conv2d_workspace(g, BL_CONV_FWD) + 1),
+                     malloc(cpu_conv2d_workspace(g, BL_CONV_BWD_DATA) + 1),
+                     malloc(cpu_conv2d_workspace(g, BL_CONV_BWD_WEIGHT) + 1)};
+    cpu_conv2d_fwd_f32(g, got->y->data, d->x->data, d->w->data, d->bias_o->data, work[0]);
+    cpu_conv2d_bwd_data_f32(g, got->dx->data, d->dy->data, d->w->data, d->bias_c->data, work[1]);
+    cpu_conv2d_bwd_weight_f32(g, got->dw->data, got->db->data, d->x->data, d->dy->data, work[2]);
+    for (int i = 0; i < 3; i++) free(work[i]);
 }
 
 static void test_im2col_kernels_match_reference(void) {
@@ -116,14 +142,9 @@ static void test_im2col_kernels_match_reference(void) {
         bl_conv_geom g = geom_of(&kernel_cases[i]);
         conv_data d = conv_data_make(&g, BL_F32, 100 + 10 * (uint64_t)i);
         conv_results want = reference_results(&g, &d), got = empty_results(&g);
-        /* Outputs start as NaN, so an element a kernel forgets to write cannot pass. */
-        cpu_conv2d_fwd_f32(&g, got.y->data, d.x->data, d.w->data, d.bias_o->data,
-                           bl_arena_alloc(cpu_conv2d_workspace(&g, BL_CONV_FWD)));
-        cpu_conv2d_bwd_data_f32(&g, got.dx->data, d.dy->data, d.w->data, d.bias_c->data,
-                                bl_arena_alloc(cpu_conv2d_workspace(&g, BL_CONV_BWD_DATA)));
-        cpu_conv2d_bwd_weight_f32(&g, got.dw->data, got.db->data, d.x->data, d.dy->data,
-                                  bl_arena_alloc(cpu_conv2d_workspace(&g, BL_CONV_BWD_WEIGHT)));
+        run_im2col(&g, &d, &got);
         check_results("im2col", i, &got, &want);
+        free_results(&got);
         bl_scope_end(s);
     }
 }
@@ -136,13 +157,9 @@ static void test_im2col_kernels_single_thread(void) {
     bl_conv_geom g = geom_of(&kernel_cases[1]);
     conv_data d = conv_data_make(&g, BL_F32, 7);
     conv_results want = reference_results(&g, &d), got = empty_results(&g);
-    cpu_conv2d_fwd_f32(&g, got.y->data, d.x->data, d.w->data, d.bias_o->data,
-                       bl_arena_alloc(cpu_conv2d_workspace(&g, BL_CONV_FWD)));
-    cpu_conv2d_bwd_data_f32(&g, got.dx->data, d.dy->data, d.w->data, d.bias_c->data,
-                            bl_arena_alloc(cpu_conv2d_workspace(&g, BL_CONV_BWD_DATA)));
-    cpu_conv2d_bwd_weight_f32(&g, got.dw->data, got.db->data, d.x->data, d.dy->data,
-                              bl_arena_alloc(cpu_conv2d_workspace(&g, BL_CONV_BWD_WEIGHT)));
+    run_im2col(&g, &d, &got);
     check_results("im2col (1 thread)", 1, &got, &want);
+    free_results(&got);
     bl_set_threads(threads);
 }
 
@@ -152,29 +169,82 @@ static void test_onednn_kernels_match_reference(void) {
         bl_scope s = bl_scope_begin();
         bl_conv_geom g = geom_of(&kernel_cases[i]);
         conv_data d = conv_data_make(&g, BL_F32, 200 + 10 * (uint64_t)i);
-        conv_results want = reference_results(&g, &d), got = empty_results(&g);
-        size_t fwd, bwd_data, bwd_weight;
-        bool ok = onednn_conv2d_prepare(&g, BL_CONV_FWD, true, &fwd) == BL_OK &&
-                  onednn_conv2d_prepare(&g, BL_CONV_BWD_DATA, false, &bwd_data) == BL_OK &&
-                  onednn_conv2d_prepare(&g, BL_CONV_BWD_WEIGHT, true, &bwd_weight) == BL_OK;
+        conv_results want = reference_results(&g, &d), got = empty_results(&g), again = empty_results(&g);
+        size_t bytes[3] = {0, 0, 0};
+        bool ok = onednn_conv2d_prepare(&g, BL_CONV_FWD, true, &bytes[0]) == BL_OK &&
+                  onednn_conv2d_prepare(&g, BL_CONV_BWD_DATA, false, &bytes[1]) == BL_OK &&
+                  onednn_conv2d_prepare(&g, BL_CONV_BWD_WEIGHT, true, &bytes[2]) == BL_OK;
         CHECK(ok, "oneDNN has no primitive for case %d", i);
+        void *work[3] = {malloc(bytes[0] + 1), malloc(bytes[1] + 1), malloc(bytes[2] + 1)};
         if (ok) {
-            CHECK(onednn_conv2d_fwd_f32(&g, got.y->data, d.x->data, d.w->data, d.bias_o->data,
-                                        bl_arena_alloc(fwd)) == BL_OK, "case %d forward", i);
-            CHECK(onednn_conv2d_bwd_data_f32(&g, got.dx->data, d.dy->data, d.w->data, d.bias_c->data,
-                                             bl_arena_alloc(bwd_data)) == BL_OK, "case %d backward-data", i);
-            CHECK(onednn_conv2d_bwd_weight_f32(&g, got.dw->data, got.db->data, d.x->data, d.dy->data,
-                                               bl_arena_alloc(bwd_weight)) == BL_OK, "case %d backward-weight", i);
+            CHECK(onednn_conv2d_fwd_f32(&g, got.y->data, d.x->data, d.w->data, d.bias_o->data, NULL, work[0]) == BL_OK,
+                  "case %d forward", i);
+            CHECK(onednn_conv2d_bwd_data_f32(&g, got.dx->data, d.dy->data, d.w->data, d.bias_c->data, work[1]) ==
+                      BL_OK,
+                  "case %d backward-data", i);
+            CHECK(onednn_conv2d_bwd_weight_f32(&g, got.dw->data, got.db->data, d.x->data, d.dy->data, work[2]) ==
+                      BL_OK,
+                  "case %d backward-weight", i);
             check_results("oneDNN", i, &got, &want);
             /* A second call reuses the cached primitive with new buffers. */
-            conv_results again = empty_results(&g);
-            CHECK(onednn_conv2d_fwd_f32(&g, again.y->data, d.x->data, d.w->data, d.bias_o->data,
-                                        bl_arena_alloc(fwd)) == BL_OK, "case %d forward again", i);
+            CHECK(onednn_conv2d_fwd_f32(&g, again.y->data, d.x->data, d.w->data, d.bias_o->data, NULL, work[0]) == BL_OK,
+                  "case %d forward again", i);
             CHECK(test_max_rel_diff(again.y, want.y) < 1e-4, "case %d cached forward", i);
         }
+        for (int k = 0; k < 3; k++) free(work[k]);
+        free_results(&got);
+        free_results(&again);
         bl_scope_end(s);
     }
     onednn_conv_release_all();
+#endif
+}
+
+/* The fused backward: one reorder of dy for both passes, and x's copy left by the forward pass. */
+static void test_onednn_fused_backward(void) {
+#ifdef BALLAST_HAVE_ONEDNN
+    for (int i = 0; i < (int)(sizeof kernel_cases / sizeof kernel_cases[0]); i++) {
+        bl_scope s = bl_scope_begin();
+        bl_conv_geom g = geom_of(&kernel_cases[i]);
+        conv_data d = conv_data_make(&g, BL_F32, 400 + 10 * (uint64_t)i);
+        conv_results want = reference_results(&g, &d);
+        /* The reference input gradient has the transposed conv's bias; this pass adds none. */
+        ref_conv2d_bwd_data_f32(&g, want.dx->data, d.dy->data, d.w->data, NULL);
+        size_t fwd_bytes = 0, bwd_bytes = 0, saved_bytes = onednn_conv2d_saved_input_bytes(&g, true);
+        CHECK(onednn_conv2d_prepare(&g, BL_CONV_FWD, true, &fwd_bytes) == BL_OK &&
+                  onednn_conv2d_bwd_prepare(&g, true, &bwd_bytes) == BL_OK,
+              "case %d: no primitives", i);
+        /* A plain 3x3 convolution (the ResNet case) must take the shortcut. */
+        CHECK(i != 5 || saved_bytes > 0, "case %d: the forward pass leaves no copy of x", i);
+        void *saved_copy = saved_bytes ? malloc(saved_bytes) : NULL, *work = malloc(fwd_bytes + bwd_bytes + 1);
+        for (int variant = 0; variant < 3; variant++) {
+            /* 0: everything, with the saved copy; 1: no saved copy; 2: no input gradient, no bias. */
+            conv_results got = empty_results(&g);
+            onednn_saved_input saved = {variant == 1 ? NULL : saved_copy, true};
+            CHECK(onednn_conv2d_fwd_f32(&g, got.y->data, d.x->data, d.w->data, d.bias_o->data, saved_copy, work) ==
+                      BL_OK,
+                  "case %d forward", i);
+            CHECK(onednn_conv2d_bwd_f32(&g, variant == 2 ? NULL : got.dx->data, got.dw->data,
+                                        variant == 2 ? NULL : got.db->data, d.dy->data, d.w->data, d.x->data, &saved,
+                                        work) == BL_OK,
+                  "case %d variant %d backward", i, variant);
+            double tol = 1e-4;
+            CHECK(test_max_rel_diff(got.y, want.y) < tol, "case %d variant %d forward", i, variant);
+            CHECK(test_max_rel_diff(got.dw, want.dw) < tol, "case %d variant %d: weight gradient differs by %g", i,
+                  variant, test_max_rel_diff(got.dw, want.dw));
+            if (variant < 2) {
+                CHECK(test_max_rel_diff(got.dx, want.dx) < tol, "case %d variant %d: input gradient differs by %g", i,
+                      variant, test_max_rel_diff(got.dx, want.dx));
+                CHECK(test_max_rel_diff(got.db, want.db) < tol, "case %d variant %d: bias gradient", i, variant);
+            } else {
+                CHECK(isnan(bl_get_flat(got.dx, 0)) && isnan(bl_get_flat(got.db, 0)), "unrequested outputs written");
+            }
+            free_results(&got);
+        }
+        free(saved_copy);
+        free(work);
+        bl_scope_end(s);
+    }
 #endif
 }
 
@@ -340,7 +410,8 @@ static void test_conv2d_backward_paths_f32(void) {
     /* Expected, from the F64 reference kernels on the same values. */
     bl_tensor *x64 = bl_to_dtype(bl_detach(x), BL_F64), *r64 = bl_to_dtype(r, BL_F64);
     bl_tensor *w64 = bl_to_dtype(bl_detach(w), BL_F64);
-    bl_tensor *gx = bl_empty(BL_F64, 4, x->shape), *gw = bl_empty(BL_F64, 4, w->shape), *gb = bl_empty(BL_F64, 1, b->shape);
+    bl_tensor *gx = bl_empty(BL_F64, 4, x->shape), *gw = bl_empty(BL_F64, 4, w->shape);
+    bl_tensor *gb = bl_empty(BL_F64, 1, b->shape);
     ref_conv2d_bwd_data_f64(&g, gx->data, r64->data, w64->data, NULL);
     ref_conv2d_bwd_weight_f64(&g, gw->data, x64->data, r64->data);
     ref_channel_sum_f64(g.N, g.O, g.OH * g.OW, gb->data, r64->data);
@@ -378,7 +449,8 @@ static void test_conv_errors(void) {
               strstr(bl_last_error(), "dtype"),
           "dtype mismatch");
     bl_clear_error();
-    CHECK(!bl_conv2d(x, bl_zeros(BL_F32, BL_SHAPE(4, 3, 3, 3)), bl_zeros(BL_F32, BL_SHAPE(5)), bl_conv_args_make(1, 0)) &&
+    bl_tensor *w = bl_zeros(BL_F32, BL_SHAPE(4, 3, 3, 3));
+    CHECK(!bl_conv2d(x, w, bl_zeros(BL_F32, BL_SHAPE(5)), bl_conv_args_make(1, 0)) &&
               strstr(bl_last_error(), "bias"),
           "bias size");
     bl_clear_error();
@@ -391,9 +463,24 @@ static void test_conv_errors(void) {
     CHECK(!bl_conv2d(NULL, x, NULL, bl_conv_args_make(1, 0)), "NULL input propagates");
 }
 
+/* The F32 op tests again on each implementation the ops can choose. */
+static void test_ops_on_every_implementation(void) {
+    static const char *const impls[] = {"ref", "im2col", "onednn"};
+    for (int i = 0; i < 3; i++) {
+        setenv("BALLAST_CONV", impls[i], 1);
+        int failures = test_failures;
+        test_conv_ops_match_torch();
+        test_conv2d_strided_input();
+        test_conv2d_backward_paths_f32();
+        CHECK(failures == test_failures, "with BALLAST_CONV=%s", impls[i]);
+    }
+    unsetenv("BALLAST_CONV");
+}
+
 TEST_MAIN(TEST(test_im2col_kernels_match_reference), TEST(test_im2col_kernels_single_thread),
-          TEST(test_onednn_kernels_match_reference), TEST(test_reference_is_adjoint),
+          TEST(test_onednn_kernels_match_reference), TEST(test_onednn_fused_backward),
+          TEST(test_reference_is_adjoint),
           TEST(test_reference_small_example), TEST(test_conv_ops_match_torch), TEST(test_conv2d_strided_input),
           TEST(test_conv2d_gradcheck), TEST(test_conv_transpose2d_gradcheck),
           TEST(test_second_order_reaches_inputs_only_through_other_inputs), TEST(test_conv2d_backward_paths_f32),
-          TEST(test_conv_errors))
+          TEST(test_ops_on_every_implementation), TEST(test_conv_errors))

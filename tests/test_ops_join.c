@@ -93,6 +93,12 @@ static void test_concat_matches_naive(void) {
                                     test_randn(dt, BL_SHAPE(2, 3, 0), 8)};
         check_concat(3, along_last, -1, 2);
         check_concat(1, along_last, 2, 2);
+        /* Long rows are copied whole, short ones element by element: both paths. */
+        bl_tensor *long_rows[3] = {test_randn(dt, BL_SHAPE(2, 3, 17), 9), test_randn(dt, BL_SHAPE(2, 2, 17), 10),
+                                   randn_strided(dt, BL_SHAPE(2, 1, 17), 11)};
+        check_concat(3, long_rows, 1, 1);
+        bl_tensor *long_blocks[2] = {test_randn(dt, BL_SHAPE(1, 3, 17), 12), randn_strided(dt, BL_SHAPE(2, 3, 17), 13)};
+        check_concat(2, long_blocks, 0, 0);
     }
     bl_tensor *labels[2] = {bl_arange(BL_I64, 3), bl_arange(BL_I64, 4)};
     check_concat(2, labels, 0, 0);
@@ -146,6 +152,9 @@ static void test_stack_matches_naive(void) {
         check_stack(3, ts, -1, 2);
         check_stack(3, ts, -3, 0);
         check_stack(1, ts, 1, 1);
+        bl_tensor *long_rows[2] = {test_randn(dt, BL_SHAPE(3, 17), 4), test_randn(dt, BL_SHAPE(3, 17), 5)};
+        check_stack(2, long_rows, 0, 0);
+        check_stack(2, long_rows, 1, 1);
         bl_tensor *scalars[4] = {bl_scalar(dt, 1), bl_scalar(dt, -2), bl_scalar(dt, 3.5), bl_scalar(dt, 0)};
         check_stack(4, scalars, 0, 0);
     }
@@ -237,6 +246,9 @@ static void test_pad_matches_naive(void) {
         check_pad(a, 0, NULL, 0.0);
         check_pad(strided, 4, (int64_t[]){2, 1, 1, 0}, 0.25);
         check_pad(strided, 6, (int64_t[]){0, 0, 1, 1, 0, 2}, 0.0);
+        bl_tensor *long_rows = test_randn(dt, BL_SHAPE(2, 3, 20), 3);
+        check_pad(long_rows, 4, (int64_t[]){0, 0, 1, 1}, 2.0);
+        check_pad(long_rows, 2, (int64_t[]){1, 2}, 0.0);
     }
     check_pad(bl_arange(BL_I64, 5), 2, (int64_t[]){3, 1}, -1.0);
 }

@@ -201,76 +201,68 @@ static void test_cross_entropy_matches_torch(void) {
     }
 }
 
-/* Every combination of layout, dtype, class weights, smoothing, ignored rows and reduction, for
- * the value, the kernel gradient and the op-built (create_graph) gradient. */
+/* One configuration of cross-entropy against the naive computation: the value, the kernel
+ * gradient and the op-built (create_graph) gradient. `label` names the configuration in failures. */
+static void check_cross_entropy_case(const ce_layout *l, uint64_t seed, bl_dtype dt, const double *weights,
+                                     double smoothing, int64_t ignore_index, bool with_ignored,
+                                     bl_reduction reduction, const char *label) {
+    const double tol = dt == BL_F32 ? 2e-5 : 1e-11;
+    ce_case k = {0, 0, 0, weights, smoothing, ignore_index, reduction};
+    ce_layout_dims(l, &k.N, &k.C, &k.S);
+    bl_tensor *x = leaf(ce_logits(l, dt, 100 + seed));
+    bl_tensor *t = ce_targets(l, ignore_index, with_ignored, 200 + seed);
+    bl_ce_args args = bl_ce_args_default();
+    if (weights) args.class_weight = bl_from_data(BL_F64, BL_SHAPE(k.C), weights);
+    args.label_smoothing = smoothing;
+    args.ignore_index = ignore_index;
+    args.reduction = reduction;
+
+    const int64_t rows_n = k.N * k.S;
+    double *rows = bl_arena_alloc((size_t)rows_n * sizeof *rows);
+    double *grad = bl_arena_alloc((size_t)(rows_n * k.C) * sizeof *grad);
+    bl_tensor *upstream = reduction == BL_REDUCE_NONE ? test_randn(dt, t->ndim, t->shape, 300 + seed) : NULL;
+    double expected = naive_cross_entropy(&k, values_of(x), t->data, upstream ? values_of(upstream) : NULL, rows, grad);
+    bl_tensor *loss = bl_cross_entropy(x, t, args);
+    CHECK(loss, "%s", label);
+    if (!loss) return;
+    if (reduction == BL_REDUCE_NONE) {
+        CHECK(bl_same_shape(loss, t), "%s", label);
+        CHECK(max_rel_diff_values(loss, rows, rows_n) < tol, "%s", label);
+    } else {
+        CHECK(loss->ndim == 0, "%s", label);
+        CHECK(fabs(bl_item(loss) - expected) < tol * (1 + fabs(expected)), "%s: %.10g vs %.10g", label,
+              bl_item(loss), expected);
+    }
+    double kernel_err = max_rel_diff_values(gradient(loss, upstream, x, false), grad, rows_n * k.C);
+    double composite_err = max_rel_diff_values(gradient(loss, upstream, x, true), grad, rows_n * k.C);
+    CHECK(kernel_err < tol && composite_err < tol, "%s: gradient error %g (kernel), %g (ops)", label, kernel_err,
+          composite_err);
+}
+
+/* Every combination of layout, dtype, class weights, smoothing, ignored rows and reduction. */
 static void test_cross_entropy_all_options(void) {
     const ce_layout layouts[] = {
         {2, {5, 7}, false}, {3, {3, 4, 5}, false}, {4, {2, 3, 2, 3}, false}, {1, {6}, false}, {2, {4, 9}, true},
     };
-    const double weight7[9] = {0.3, 1.0, 2.5, 0.7, 1.2, 0.1, 1.9, 0.8, 1.4};
-    /* ignore configurations: none, rows at -100, and ignore_index naming a real class */
+    const double weights[9] = {0.3, 1.0, 2.5, 0.7, 1.2, 0.1, 1.9, 0.8, 1.4};
+    /* ignore configurations: none, some rows at -100, some rows at an ignore_index that names a class */
     const int64_t ignore_values[3] = {-100, -100, 1};
     const bool with_ignored[3] = {false, true, true};
-    int cases = 0;
     for (size_t li = 0; li < sizeof layouts / sizeof layouts[0]; li++)
         for (int di = 0; di < 2; di++)
             for (int wi = 0; wi < 2; wi++)
                 for (int si = 0; si < 2; si++)
                     for (int ii = 0; ii < 3; ii++)
                         for (int ri = 0; ri < 3; ri++) {
+                            char label[128];
+                            snprintf(label, sizeof label, "layout %zu, %s, weights %d, smoothing %d, ignore %d, reduction %d",
+                                     li, di ? "F32" : "F64", wi, si, ii, ri);
                             bl_scope scope = bl_scope_begin();
-                            const ce_layout *l = &layouts[li];
-                            bl_dtype dt = di ? BL_F32 : BL_F64;
-                            double tol = dt == BL_F32 ? 2e-5 : 1e-11;
-                            ce_case k = {0};
-                            ce_layout_dims(l, &k.N, &k.C, &k.S);
-                            k.weight = wi ? weight7 : NULL;
-                            k.smoothing = si ? 0.15 : 0.0;
-                            k.ignore_index = ignore_values[ii];
-                            k.reduction = reductions[ri];
-                            bl_tensor *x = leaf(ce_logits(l, dt, 100 + li));
-                            bl_tensor *t = ce_targets(l, k.ignore_index, with_ignored[ii], 200 + li);
-                            bl_ce_args args = bl_ce_args_default();
-                            if (wi) args.class_weight = bl_from_data(BL_F64, BL_SHAPE(k.C), weight7);
-                            args.label_smoothing = k.smoothing;
-                            args.ignore_index = k.ignore_index;
-                            args.reduction = k.reduction;
-
-                            int64_t rows_n = k.N * k.S;
-                            double *rows = bl_arena_alloc((size_t)rows_n * sizeof *rows);
-                            double *grad = bl_arena_alloc((size_t)(rows_n * k.C) * sizeof *grad);
-                            bl_tensor *upstream = NULL;
-                            if (k.reduction == BL_REDUCE_NONE) {
-                                upstream = test_randn(dt, t->ndim, t->shape, 300 + li);
-                            }
-                            double expected = naive_cross_entropy(&k, values_of(x), t->data,
-                                                                  upstream ? values_of(upstream) : NULL, rows, grad);
-                            bl_tensor *loss = bl_cross_entropy(x, t, args);
-                            CHECK(loss, "layout %zu dtype %d weight %d smooth %d ignore %d reduction %d", li, di, wi,
-                                  si, ii, ri);
-                            if (!loss) {
-                                bl_scope_end(scope);
-                                continue;
-                            }
-                            if (k.reduction == BL_REDUCE_NONE) {
-                                CHECK(bl_same_shape(loss, t));
-                                CHECK(max_rel_diff_values(loss, rows, rows_n) < tol, "layout %zu dtype %d weight %d "
-                                      "smooth %d ignore %d", li, di, wi, si, ii);
-                            } else {
-                                CHECK(loss->ndim == 0);
-                                CHECK(fabs(bl_item(loss) - expected) < tol * (1 + fabs(expected)),
-                                      "layout %zu dtype %d weight %d smooth %d ignore %d reduction %d: %.10g vs %.10g",
-                                      li, di, wi, si, ii, ri, bl_item(loss), expected);
-                            }
-                            double kernel_err = max_rel_diff_values(gradient(loss, upstream, x, false), grad, rows_n * k.C);
-                            double composite_err = max_rel_diff_values(gradient(loss, upstream, x, true), grad, rows_n * k.C);
-                            CHECK(kernel_err < tol && composite_err < tol, "layout %zu dtype %d weight %d smooth %d "
-                                  "ignore %d reduction %d: gradient error %g (kernel), %g (ops)",
-                                  li, di, wi, si, ii, ri, kernel_err, composite_err);
-                            cases++;
+                            check_cross_entropy_case(&layouts[li], li, di ? BL_F32 : BL_F64, wi ? weights : NULL,
+                                                     si ? 0.15 : 0.0, ignore_values[ii], with_ignored[ii],
+                                                     reductions[ri], label);
                             bl_scope_end(scope);
                         }
-    CHECK(cases == 5 * 2 * 2 * 2 * 3 * 3);
 }
 
 /* Without autograd the fused forward records nothing but gives the same value. */
@@ -651,6 +643,35 @@ static void test_bce_stability(void) {
           fabs(bl_get_flat(g, 2)) < 1e-6);
 }
 
+/* Transposed (non-contiguous) inputs give what their contiguous copies give, value and gradient. */
+static bl_tensor *loss_of_kind(int kind, bl_tensor *x, bl_tensor *y) {
+    const int64_t target[4] = {2, 0, 4, 1};
+    bl_ce_args args = bl_ce_args_default();
+    args.label_smoothing = 0.1;
+    switch (kind) {
+    case 0: return bl_mse_loss(x, y, BL_REDUCE_MEAN);
+    case 1: return bl_smooth_l1_loss(x, y, 0.7, BL_REDUCE_SUM);
+    case 2: return bl_bce_with_logits(x, bl_sigmoid(y), NULL, BL_REDUCE_MEAN);
+    case 3: return bl_kl_div(bl_log_softmax(x, 1), bl_softmax(y, 1), BL_REDUCE_MEAN);
+    case 4: return bl_cross_entropy_soft(x, bl_softmax(y, 1), BL_REDUCE_MEAN);
+    case 5: return bl_nll_loss(x, bl_from_data(BL_I64, BL_SHAPE(4), target), args);
+    case 6: return bl_cross_entropy(x, bl_from_data(BL_I64, BL_SHAPE(4), target), args);
+    default: return bl_sum(bl_cosine_similarity(x, y, 1, 1e-8));
+    }
+}
+
+static void test_noncontiguous_inputs(void) {
+    for (int kind = 0; kind < 8; kind++) {
+        bl_tensor *xt = leaf(test_randn(BL_F64, BL_SHAPE(5, 4), 120)), *yt = test_randn(BL_F64, BL_SHAPE(5, 4), 121);
+        bl_tensor *x = bl_transpose(xt, 0, 1), *y = bl_transpose(yt, 0, 1); /* (4, 5), strided */
+        bl_tensor *xc = leaf(bl_contiguous(bl_detach(x))), *yc = bl_contiguous(y);
+        bl_tensor *strided = loss_of_kind(kind, x, y), *contiguous = loss_of_kind(kind, xc, yc);
+        CHECK(strided && contiguous && fabs(bl_item(strided) - bl_item(contiguous)) < 1e-14, "kind %d", kind);
+        bl_tensor *g = gradient(strided, NULL, xt, false), *gc = gradient(contiguous, NULL, xc, false);
+        CHECK(g && gc && test_max_rel_diff(bl_transpose(g, 0, 1), gc) < 1e-14, "kind %d", kind);
+    }
+}
+
 /* ---- similarities ----------------------------------------------------------------------------- */
 
 static bl_tensor *normalize_fn(bl_tensor *const *in, void *user) { return bl_l2_normalize(in[0], *(int *)user, 1e-6); }
@@ -858,6 +879,10 @@ static void test_errors(void) {
     CHECK(strstr(bl_last_error(), "[3, 5]") && strstr(bl_last_error(), "[5, 3]"), "%s", bl_last_error());
     bl_clear_error();
     CHECK(!bl_l2_normalize(x, 2, 1e-12));
+    CHECK(strstr(bl_last_error(), "l2_normalize") && strstr(bl_last_error(), "dim 2"), "%s", bl_last_error());
+    bl_clear_error();
+    CHECK(!bl_cosine_similarity(x, x, -3, 1e-8));
+    CHECK(strstr(bl_last_error(), "cosine_similarity") && strstr(bl_last_error(), "dim -3"), "%s", bl_last_error());
     bl_clear_error();
     /* NULL in, NULL out, without a new message. */
     CHECK(!bl_cross_entropy(NULL, NULL, bl_ce_args_default()) && !bl_mse_loss(NULL, x, BL_REDUCE_SUM));
@@ -867,5 +892,5 @@ static void test_errors(void) {
 TEST_MAIN(TEST(test_cross_entropy_matches_torch), TEST(test_cross_entropy_all_options),
           TEST(test_cross_entropy_without_grad), TEST(test_cross_entropy_extreme_logits), TEST(test_cross_entropy_gradcheck), TEST(test_nll_loss),
           TEST(test_cross_entropy_soft), TEST(test_pointwise_losses), TEST(test_kl_div_zero_targets), TEST(test_pointwise_match_torch),
-          TEST(test_bce_stability), TEST(test_l2_normalize), TEST(test_cosine_similarity), TEST(test_dropout),
+          TEST(test_bce_stability), TEST(test_noncontiguous_inputs), TEST(test_l2_normalize), TEST(test_cosine_similarity), TEST(test_dropout),
           TEST(test_errors))

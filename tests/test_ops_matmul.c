@@ -1,5 +1,5 @@
 /* Matrix products: the GEMM kernels against the naive reference (every transposition, odd shapes,
- * padded leading dims, alpha/beta, K and N beyond one cache block, the own kernel inside a parallel
+ * padded leading dims, alpha/beta, K and N beyond one cache block, calls from inside a parallel
  * region, batches with offsets and shared matrices); bl_matmul and bl_linear against a direct
  * triple loop over broadcast batches, 1-D operands, transposed, sliced and expanded operands, in
  * F32 and F64; first- and second-order gradient checks in F64; error reporting. */
@@ -14,8 +14,11 @@
 
 typedef struct { int64_t M, N, K; } gemm_shape;
 
+/* Tiny products (the own kernel, including its K and N blocking: 1x3x1000, 2x300x5) and larger
+ * ones (OpenBLAS). */
 static const gemm_shape kernel_shapes[] = {
-    {1, 1, 1}, {7, 5, 3}, {6, 16, 4}, {13, 17, 9}, {5, 33, 1}, {65, 65, 64}, {3, 150, 20}, {20, 7, 300}, {70, 140, 270},
+    {1, 1, 1},    {7, 5, 3},    {6, 16, 4},  {13, 17, 9},  {5, 33, 1},     {1, 3, 1000},
+    {2, 300, 5},  {65, 65, 64}, {3, 150, 20}, {20, 7, 300}, {70, 140, 270},
 };
 
 static void fill_random_f32(float *p, int64_t n, uint64_t seed) {

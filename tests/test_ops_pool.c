@@ -127,20 +127,22 @@ static void test_pools_match_naive(void) {
         bl_tensor *inputs[2] = {test_randn(dt, BL_SHAPE(2, 3, 9, 6), 2), bl_transpose(base, 2, 3)};
         for (int v = 0; v < 2; v++) {
             bl_tensor *x = inputs[v], *x64 = bl_to_dtype(bl_contiguous(x), BL_F64);
-            check_against("max_pool2d k3 s2 p1", bl_max_pool2d(x, 3, 2, 1), naive_pool(x64, POOL_MAX, 3, 2, 1), tol);
-            check_against("max_pool2d k2 s1 p0", bl_max_pool2d(x, 2, 1, 0), naive_pool(x64, POOL_MAX, 2, 1, 0), tol);
-            check_against("max_pool2d k4 default stride p2", bl_max_pool2d(x, 4, 0, 2),
-                          naive_pool(x64, POOL_MAX, 4, 4, 2), tol);
-            check_against("avg_pool2d k3 s2 p1", bl_avg_pool2d(x, 3, 2, 1), naive_pool(x64, POOL_AVG, 3, 2, 1), tol);
-            check_against("avg_pool2d k2 s3 p1", bl_avg_pool2d(x, 2, 3, 1), naive_pool(x64, POOL_AVG, 2, 3, 1), tol);
-            check_against("adaptive_avg_pool2d 4x4", bl_adaptive_avg_pool2d(x, 4, 4), naive_adaptive(x64, POOL_AVG, 4, 4),
-                          tol);
-            check_against("adaptive_avg_pool2d 1x1", bl_adaptive_avg_pool2d(x, 1, 1), naive_adaptive(x64, POOL_AVG, 1, 1),
-                          tol);
-            check_against("adaptive_avg_pool2d upsizing 11x7", bl_adaptive_avg_pool2d(x, 11, 7),
-                          naive_adaptive(x64, POOL_AVG, 11, 7), tol);
-            check_against("adaptive_max_pool2d 4x5", bl_adaptive_max_pool2d(x, 4, 5), naive_adaptive(x64, POOL_MAX, 4, 5),
-                          tol);
+            struct {
+                const char *name;
+                bl_tensor *got, *want;
+            } cases[] = {
+                {"max_pool2d k3 s2 p1", bl_max_pool2d(x, 3, 2, 1), naive_pool(x64, POOL_MAX, 3, 2, 1)},
+                {"max_pool2d k2 s1 p0", bl_max_pool2d(x, 2, 1, 0), naive_pool(x64, POOL_MAX, 2, 1, 0)},
+                {"max_pool2d k4 default stride p2", bl_max_pool2d(x, 4, 0, 2), naive_pool(x64, POOL_MAX, 4, 4, 2)},
+                {"avg_pool2d k3 s2 p1", bl_avg_pool2d(x, 3, 2, 1), naive_pool(x64, POOL_AVG, 3, 2, 1)},
+                {"avg_pool2d k2 s3 p1", bl_avg_pool2d(x, 2, 3, 1), naive_pool(x64, POOL_AVG, 2, 3, 1)},
+                {"adaptive_avg_pool2d 4x4", bl_adaptive_avg_pool2d(x, 4, 4), naive_adaptive(x64, POOL_AVG, 4, 4)},
+                {"adaptive_avg_pool2d 1x1", bl_adaptive_avg_pool2d(x, 1, 1), naive_adaptive(x64, POOL_AVG, 1, 1)},
+                {"adaptive_avg_pool2d 11x7", bl_adaptive_avg_pool2d(x, 11, 7), naive_adaptive(x64, POOL_AVG, 11, 7)},
+                {"adaptive_max_pool2d 4x5", bl_adaptive_max_pool2d(x, 4, 5), naive_adaptive(x64, POOL_MAX, 4, 5)},
+            };
+            for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+                check_against(cases[i].name, cases[i].got, cases[i].want, tol);
         }
     }
 }

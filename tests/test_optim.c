@@ -253,6 +253,12 @@ static void test_invalid_configs(void) {
     CHECK(strstr(bl_last_error(), "learning rate"));
     bl_clear_error();
     bl_optimizer_free(&opt);
+    CHECK(bl_optimizer_init(&opt, &ps, bl_sgd_config(0.1, 0, 0)) == BL_OK);
+    opt.cfg.momentum = 0.9;
+    CHECK(bl_optimizer_step(&opt) == BL_ERR);
+    CHECK(strstr(bl_last_error(), "momentum"));
+    bl_clear_error();
+    bl_optimizer_free(&opt);
     bl_params_free(&ps);
 }
 

@@ -15,16 +15,14 @@ package), which makes this an independent second implementation. Exits 0 when ev
 1 with a message otherwise.
 """
 import json
+import os
 import struct
 import sys
 
 import torch
 
-DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8, "BOOL": torch.bool,
-}
-NAMES = {v: k for k, v in DTYPES.items()}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from safetensors_io import DTYPES, NAMES  # noqa: E402  (the format's dtype names)
 
 
 def expected_inputs():

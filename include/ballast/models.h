@@ -23,27 +23,27 @@ extern "C" {
 
 /* Zero (or NULL opts) means the model's default, given in brackets. */
 typedef struct {
-    int64_t num_classes;  /* [10 for the CIFAR models and convnet3, 1000 for resnet18/34/50 and vit_*] */
-    int64_t image_size;   /* input height = width; sizes ViT's pos_embed and ConvNet's classifier [32 / 224] */
-    int64_t patch_size;   /* ViT patch side [16] */
-    int64_t in_channels;  /* [3] */
-    int64_t width;        /* ConvNet channels per block [128] */
-    int64_t depth;        /* ConvNet blocks [3] */
-    double drop_rate;     /* dropout before the classifier; ViT also after pos_embed, attn.proj and the MLP [0] */
+    int64_t num_classes; /* [10 for the CIFAR models and convnet3, 1000 for resnet18/34/50 and vit_*] */
+    int64_t image_size;  /* input height = width; sizes ViT's pos_embed and ConvNet's classifier [32 / 224] */
+    int64_t patch_size;  /* ViT patch side [16] */
+    int64_t in_channels; /* [3] */
+    int64_t width;       /* ConvNet channels per block [128] */
+    int64_t depth;       /* ConvNet blocks [3] */
+    double drop_rate;    /* dropout before the classifier; ViT also after pos_embed, attn.proj and the MLP [0] */
 } bl_model_opts;
 
 struct bl_model_arch; /* private: the model family's functions */
 
 typedef struct bl_model {
     char name[32];
-    bl_model_opts opts;               /* as resolved, defaults filled in */
-    bl_params params;                 /* finalized: every parameter and buffer */
-    bool training;                    /* starts true */
-    int64_t feature_dim;              /* size of bl_model_features' output */
-    bl_linear_layer classifier;       /* the final linear layer (fc, linear, classifier or head) */
+    bl_model_opts opts;         /* as resolved, defaults filled in */
+    bl_params params;           /* finalized: every parameter and buffer */
+    bool training;              /* starts true */
+    int64_t feature_dim;        /* size of bl_model_features' output */
+    bl_linear_layer classifier; /* the final linear layer (fc, linear, classifier or head) */
     const struct bl_model_arch *arch;
-    bl_dropout_layer head_drop;       /* before the classifier, p = opts.drop_rate */
-    void *impl;                       /* the family's modules */
+    bl_dropout_layer head_drop; /* before the classifier, p = opts.drop_rate */
+    void *impl;                 /* the family's modules */
 } bl_model;
 
 /* Builds model `name` with initial values drawn from `seed`; NULL (and an error) on an unknown name

@@ -105,8 +105,8 @@ bl_tensor *bl_instancenorm_forward(const bl_instancenorm *m, bl_tensor *x);
 
 /* ---- dropout ----------------------------------------------------------------------------------- */
 
-/* torch.nn.Dropout(p) with its own random stream, split off the init stream only when p > 0 (so a
- * model without dropout draws the same initial values as one built before dropout existed). */
+/* torch.nn.Dropout(p) with its own random stream, split off `rng` only when p > 0: a p = 0 layer
+ * leaves the stream, and so every later initial value, unchanged. */
 typedef struct {
     double p;
     bl_rng rng;
@@ -134,8 +134,8 @@ typedef struct {
     int64_t dim, heads;
     bl_dropout_layer proj_drop;
 } bl_mha;
-int bl_mha_init(bl_mha *m, bl_params *ps, const char *prefix, int64_t dim, int64_t heads, bool qkv_bias,
-                double drop, bl_rng *rng);
+int bl_mha_init(bl_mha *m, bl_params *ps, const char *prefix, int64_t dim, int64_t heads, bool qkv_bias, double drop,
+                bl_rng *rng);
 /* mask: NULL or as bl_scaled_dot_product_attention's, broadcast to (B, heads, T, T). */
 bl_tensor *bl_mha_forward(bl_mha *m, bl_tensor *x, bl_tensor *mask, bool training);
 
@@ -146,9 +146,8 @@ typedef struct {
     bl_mha attn;
     bl_mlp mlp;
 } bl_transformer_block;
-int bl_transformer_block_init(bl_transformer_block *m, bl_params *ps, const char *prefix, int64_t dim,
-                              int64_t heads, double mlp_ratio, bool qkv_bias, double drop, double norm_eps,
-                              bl_rng *rng);
+int bl_transformer_block_init(bl_transformer_block *m, bl_params *ps, const char *prefix, int64_t dim, int64_t heads,
+                              double mlp_ratio, bool qkv_bias, double drop, double norm_eps, bl_rng *rng);
 bl_tensor *bl_transformer_block_forward(bl_transformer_block *m, bl_tensor *x, bool training);
 
 #ifdef __cplusplus

@@ -45,7 +45,8 @@ bl_optim_config bl_adamw_config(double lr, double weight_decay);
 typedef struct bl_optim_work bl_optim_work;
 
 typedef struct {
-    bl_optim_config cfg;   /* cfg.lr may be changed between steps (schedules) */
+    bl_optim_config cfg;   /* hyper-parameters may change between steps (cfg.lr, for schedules);
+                            * kind, and SGD momentum being zero or not, are fixed by init */
     bl_params *params;
     float *state1;         /* SGD momentum buffers or Adam exp_avg; layout of params->data */
     float *state2;         /* Adam exp_avg_sq; NULL for SGD */

@@ -16,7 +16,7 @@ typedef struct {
     bl_groupnorm *norm;
 } convnet;
 
-static int build(bl_model *m, bl_rng *rng) {
+static int build(bl_model *m, bl_rng *rng, bl_rng *dropout) {
     bl_params *ps = &m->params;
     int64_t width = m->opts.width, side = m->opts.image_size, channels = m->opts.in_channels;
     convnet *net = calloc(1, sizeof *net);
@@ -35,8 +35,8 @@ static int build(bl_model *m, bl_rng *rng) {
         BL_TRY(bl_groupnorm_init(&net->norm[d], ps, name, width, width));
         channels = width;
         side = (side + 2 * pad - 2) / 2;
-        BL_CHECK_RC(side >= 1, "%s: image size %lld is too small for %d blocks", m->name,
-                    (long long)m->opts.image_size, net->depth);
+        BL_CHECK_RC(side >= 1, "%s: image size %lld is too small for %d blocks", m->name, (long long)m->opts.image_size,
+                    net->depth);
     }
     m->feature_dim = width * side * side;
     return bl_linear_layer_init(&m->classifier, ps, "classifier", m->feature_dim, m->opts.num_classes, true, rng);

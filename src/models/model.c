@@ -76,7 +76,7 @@ bl_model *bl_model_create(const char *name, const bl_model_opts *opts, uint64_t 
     m->training = true;
     bl_params_init(&m->params);
     bl_rng init = bl_rng_make(seed, RNG_INIT), dropout = bl_rng_make(seed, RNG_DROPOUT);
-    if (resolve_opts(m, opts) != BL_OK || arch->build(m, &init) != BL_OK ||
+    if (resolve_opts(m, opts) != BL_OK || arch->build(m, &init, &dropout) != BL_OK ||
         bl_params_finalize(&m->params) != BL_OK) {
         bl_model_free(m);
         return NULL;

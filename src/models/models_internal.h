@@ -17,8 +17,10 @@
 typedef struct bl_model_arch {
     const char *name;
     int64_t default_classes, default_image_size;
-    const void *config;  /* the family's description of this model */
-    int (*build)(bl_model *m, bl_rng *rng);
+    const void *config; /* the family's description of this model */
+    /* Initial values come from `init`; dropout layers take their streams from `dropout`, so the
+     * initial values never depend on the dropout rate. */
+    int (*build)(bl_model *m, bl_rng *init, bl_rng *dropout);
     /* x -> the output of every stage, in order, into out[0..cap); returns the count or -1. */
     int (*stages)(bl_model *m, bl_tensor *x, bl_tensor **out, int cap);
     bl_tensor *(*pool)(bl_model *m, bl_tensor *last_stage);

@@ -10,11 +10,11 @@
 
 typedef struct {
     int n_stages;
-    int blocks[4];       /* blocks per stage */
-    int64_t planes[4];   /* a stage's inner width; its output is planes * 4 for bottlenecks */
+    int blocks[4];     /* blocks per stage */
+    int64_t planes[4]; /* a stage's inner width; its output is planes * 4 for bottlenecks */
     int64_t stem_width;
     bool bottleneck;
-    bool imagenet_stem;  /* 7x7 stride-2 conv and 3x3 stride-2 max-pool; else one 3x3 stride-1 conv */
+    bool imagenet_stem; /* 7x7 stride-2 conv and 3x3 stride-2 max-pool; else one 3x3 stride-1 conv */
     /* The CIFAR family: option-A shortcuts, kaiming_normal(fan_in) on conv and linear weights, the
      * classifier named "linear". Otherwise torchvision: 1x1-conv + BN "downsample" shortcuts,
      * kaiming_normal(fan_out) on convs, PyTorch's default linear init, the classifier named "fc". */
@@ -29,9 +29,9 @@ typedef struct {
     bl_conv2d_layer conv[3];
     bl_batchnorm bn[3];
     shortcut_kind shortcut;
-    int64_t pad_channels;         /* SUBSAMPLE_PAD: zero channels added on each side */
-    bl_conv2d_layer down_conv;    /* PROJECT: downsample.0 */
-    bl_batchnorm down_bn;         /* PROJECT: downsample.1 */
+    int64_t pad_channels;      /* SUBSAMPLE_PAD: zero channels added on each side */
+    bl_conv2d_layer down_conv; /* PROJECT: downsample.0 */
+    bl_batchnorm down_bn;      /* PROJECT: downsample.1 */
 } resnet_block;
 
 typedef struct {
@@ -44,8 +44,7 @@ typedef struct {
 /* A bias-free conv with the family's weight init. */
 static int add_conv(bl_conv2d_layer *c, bl_params *ps, const char *name, int64_t in, int64_t out, int64_t kernel,
                     int stride, const resnet_config *cfg, bl_rng *rng) {
-    BL_TRY(bl_conv2d_layer_init(c, ps, name, in, out, kernel, bl_conv_args_make(stride, (int)kernel / 2), false,
-                                rng));
+    BL_TRY(bl_conv2d_layer_init(c, ps, name, in, out, kernel, bl_conv_args_make(stride, (int)kernel / 2), false, rng));
     return bl_init_kaiming_normal_(c->weight, rng, cfg->cifar_family ? BL_FAN_IN : BL_FAN_OUT);
 }
 
@@ -61,8 +60,8 @@ static int build_block(resnet_block *b, bl_params *ps, const char *prefix, int64
     int64_t c_in = in;
     for (int i = 0; i < b->n_convs; i++) {
         snprintf(child, sizeof child, "conv%d", i + 1);
-        BL_TRY(add_conv(&b->conv[i], ps, bl_param_name(name, prefix, child), c_in, outs[i], kernels[i], strides[i],
-                        cfg, rng));
+        BL_TRY(add_conv(&b->conv[i], ps, bl_param_name(name, prefix, child), c_in, outs[i], kernels[i], strides[i], cfg,
+                        rng));
         snprintf(child, sizeof child, "bn%d", i + 1);
         BL_TRY(bl_batchnorm_init(&b->bn[i], ps, bl_param_name(name, prefix, child), outs[i]));
         c_in = outs[i];
@@ -73,8 +72,8 @@ static int build_block(resnet_block *b, bl_params *ps, const char *prefix, int64
         b->shortcut = SHORTCUT_SUBSAMPLE_PAD;
         b->pad_channels = planes / 4;
         BL_CHECK_RC(stride == 2 && in + 2 * b->pad_channels == out,
-                    "%s: an option-A shortcut cannot map %lld channels to %lld with stride %d", prefix,
-                    (long long)in, (long long)out, stride);
+                    "%s: an option-A shortcut cannot map %lld channels to %lld with stride %d", prefix, (long long)in,
+                    (long long)out, stride);
     } else {
         b->shortcut = SHORTCUT_PROJECT;
         BL_TRY(add_conv(&b->down_conv, ps, bl_param_name(name, prefix, "downsample.0"), in, out, 1, stride, cfg, rng));
@@ -83,7 +82,7 @@ static int build_block(resnet_block *b, bl_params *ps, const char *prefix, int64
     return BL_OK;
 }
 
-static int build(bl_model *m, bl_rng *rng) {
+static int build(bl_model *m, bl_rng *rng, bl_rng *dropout) {
     const resnet_config *cfg = m->arch->config;
     bl_params *ps = &m->params;
     resnet *net = calloc(1, sizeof *net);
@@ -101,15 +100,15 @@ static int build(bl_model *m, bl_rng *rng) {
         for (int j = 0; j < cfg->blocks[s]; j++, i++) {
             char prefix[BL_PARAM_NAME_MAX];
             snprintf(prefix, sizeof prefix, "layer%d.%d", s + 1, j);
-            BL_TRY(build_block(&net->blocks[i], ps, prefix, channels, cfg->planes[s], s > 0 && j == 0 ? 2 : 1, cfg,
-                               rng));
+            BL_TRY(
+                build_block(&net->blocks[i], ps, prefix, channels, cfg->planes[s], s > 0 && j == 0 ? 2 : 1, cfg, rng));
             net->blocks[i].stage = s;
             channels = cfg->bottleneck ? 4 * cfg->planes[s] : cfg->planes[s];
         }
     }
     m->feature_dim = channels;
-    BL_TRY(bl_linear_layer_init(&m->classifier, ps, cfg->cifar_family ? "linear" : "fc", channels,
-                                m->opts.num_classes, true, rng));
+    BL_TRY(bl_linear_layer_init(&m->classifier, ps, cfg->cifar_family ? "linear" : "fc", channels, m->opts.num_classes,
+                                true, rng));
     if (cfg->cifar_family) BL_TRY(bl_init_kaiming_normal_(m->classifier.weight, rng, BL_FAN_IN));
     return BL_OK;
 }
@@ -158,18 +157,21 @@ static void free_impl(void *impl) {
     free(net);
 }
 
-#define CIFAR_RESNET(n) {3, {n, n, n}, {16, 32, 64}, 16, false, false, true}
+#define CIFAR_RESNET(n)                                                                                        \
+    {.n_stages = 3, .blocks = {n, n, n}, .planes = {16, 32, 64}, .stem_width = 16, .cifar_family = true}
+#define TORCHVISION_STAGES .n_stages = 4, .planes = {64, 128, 256, 512}, .stem_width = 64
 static const resnet_config resnet20 = CIFAR_RESNET(3), resnet32 = CIFAR_RESNET(5), resnet44 = CIFAR_RESNET(7),
                            resnet56 = CIFAR_RESNET(9), resnet110 = CIFAR_RESNET(18);
-static const resnet_config resnet18 = {4, {2, 2, 2, 2}, {64, 128, 256, 512}, 64, false, true, false},
-                           resnet34 = {4, {3, 4, 6, 3}, {64, 128, 256, 512}, 64, false, true, false},
-                           resnet50 = {4, {3, 4, 6, 3}, {64, 128, 256, 512}, 64, true, true, false},
-                           resnet18_cifar = {4, {2, 2, 2, 2}, {64, 128, 256, 512}, 64, false, false, false};
+static const resnet_config resnet18 = {TORCHVISION_STAGES, .blocks = {2, 2, 2, 2}, .imagenet_stem = true},
+                           resnet34 = {TORCHVISION_STAGES, .blocks = {3, 4, 6, 3}, .imagenet_stem = true},
+                           resnet50 = {TORCHVISION_STAGES, .blocks = {3, 4, 6, 3}, .imagenet_stem = true,
+                                       .bottleneck = true},
+                           resnet18_cifar = {TORCHVISION_STAGES, .blocks = {2, 2, 2, 2}};
 
 #define ARCH(name, classes, size) {#name, classes, size, &name, build, stages, pool, free_impl}
 const bl_model_arch bl__resnet_archs[] = {
-    ARCH(resnet20, 10, 32),    ARCH(resnet32, 10, 32),  ARCH(resnet44, 10, 32),
-    ARCH(resnet56, 10, 32),    ARCH(resnet110, 10, 32), ARCH(resnet18, 1000, 224),
+    ARCH(resnet20, 10, 32),    ARCH(resnet32, 10, 32),    ARCH(resnet44, 10, 32),
+    ARCH(resnet56, 10, 32),    ARCH(resnet110, 10, 32),   ARCH(resnet18, 1000, 224),
     ARCH(resnet34, 1000, 224), ARCH(resnet50, 1000, 224), ARCH(resnet18_cifar, 10, 32),
 };
 const int bl__resnet_arch_count = (int)(sizeof bl__resnet_archs / sizeof bl__resnet_archs[0]);

@@ -26,12 +26,13 @@ static int init_linear(bl_linear_layer *l, bl_rng *rng) {
     return l->bias ? bl_fill_(l->bias, 0.0) : BL_OK;
 }
 
-static int build(bl_model *m, bl_rng *rng) {
+static int build(bl_model *m, bl_rng *rng, bl_rng *dropout) {
     const vit_config *cfg = m->arch->config;
     bl_params *ps = &m->params;
     int64_t D = cfg->dim, patch = m->opts.patch_size, side = m->opts.image_size / patch;
-    BL_CHECK_RC(side >= 1 && m->opts.image_size % patch == 0, "%s: image size %lld is not a multiple of patch size %lld",
-                m->name, (long long)m->opts.image_size, (long long)patch);
+    BL_CHECK_RC(side >= 1 && m->opts.image_size % patch == 0,
+                "%s: image size %lld is not a multiple of patch size %lld", m->name, (long long)m->opts.image_size,
+                (long long)patch);
     vit *net = calloc(1, sizeof *net);
     BL_CHECK_RC(net, "%s: out of memory", m->name);
     m->impl = net;
@@ -47,12 +48,15 @@ static int build(bl_model *m, bl_rng *rng) {
                                 bl_conv_args_make((int)patch, 0), true, rng));
     BL_TRY(bl_init_trunc_normal_(net->pos_embed, rng, 0.0, 0.02, -2.0, 2.0));
     BL_TRY(bl_fill_normal_(net->cls_token, rng, 0.0, 1e-6));
-    bl_dropout_layer_init(&net->pos_drop, m->opts.drop_rate, rng);
+    bl_dropout_layer_init(&net->pos_drop, m->opts.drop_rate, dropout);
     for (int i = 0; i < net->depth; i++) {
         char prefix[BL_PARAM_NAME_MAX];
         bl_transformer_block *b = &net->blocks[i];
         snprintf(prefix, sizeof prefix, "blocks.%d", i);
-        BL_TRY(bl_transformer_block_init(b, ps, prefix, D, cfg->heads, 4.0, true, m->opts.drop_rate, 1e-6, rng));
+        /* Built without dropout so that the block draws only initial values from `rng`. */
+        BL_TRY(bl_transformer_block_init(b, ps, prefix, D, cfg->heads, 4.0, true, 0.0, 1e-6, rng));
+        bl_dropout_layer_init(&b->attn.proj_drop, m->opts.drop_rate, dropout);
+        bl_dropout_layer_init(&b->mlp.drop, m->opts.drop_rate, dropout);
         BL_TRY(init_linear(&b->attn.qkv, rng));
         BL_TRY(init_linear(&b->attn.proj, rng));
         BL_TRY(init_linear(&b->mlp.fc1, rng));

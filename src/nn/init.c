@@ -38,7 +38,9 @@ static double draw_uniform(bl_rng *rng, const void *args) {
 
 static double draw_normal(bl_rng *rng, const void *args) { return *(const double *)args * bl_rng_normal(rng); }
 
-typedef struct { double mean, std, lo, hi; } trunc_args;
+typedef struct {
+    double mean, std, lo, hi;
+} trunc_args;
 
 static double draw_trunc_normal(bl_rng *rng, const void *args) {
     const trunc_args *a = args;

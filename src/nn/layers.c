@@ -16,8 +16,8 @@ static bl_tensor *add_param(bl_params *ps, const char *prefix, const char *name,
 
 int bl_linear_layer_init(bl_linear_layer *m, bl_params *ps, const char *prefix, int64_t in_features,
                          int64_t out_features, bool bias, bl_rng *rng) {
-    BL_CHECK_RC(in_features > 0 && out_features > 0, "Linear '%s': sizes must be positive, got %lld -> %lld",
-                prefix, (long long)in_features, (long long)out_features);
+    BL_CHECK_RC(in_features > 0 && out_features > 0, "Linear '%s': sizes must be positive, got %lld -> %lld", prefix,
+                (long long)in_features, (long long)out_features);
     memset(m, 0, sizeof *m);
     m->in_features = in_features;
     m->out_features = out_features;
@@ -95,10 +95,10 @@ int bl_batchnorm_init(bl_batchnorm *m, bl_params *ps, const char *prefix, int64_
     m->eps = 1e-5;
     BL_TRY(add_affine(ps, prefix, num_features, &m->weight, &m->bias));
     char full[BL_PARAM_NAME_MAX];
-    m->running_mean = bl_params_add_buffer(ps, bl_param_name(full, prefix, "running_mean"), BL_F32,
-                                           BL_SHAPE(num_features));
-    m->running_var = bl_params_add_buffer(ps, bl_param_name(full, prefix, "running_var"), BL_F32,
-                                          BL_SHAPE(num_features));
+    m->running_mean =
+        bl_params_add_buffer(ps, bl_param_name(full, prefix, "running_mean"), BL_F32, BL_SHAPE(num_features));
+    m->running_var =
+        bl_params_add_buffer(ps, bl_param_name(full, prefix, "running_var"), BL_F32, BL_SHAPE(num_features));
     m->num_batches_tracked =
         bl_params_add_buffer(ps, bl_param_name(full, prefix, "num_batches_tracked"), BL_I64, 0, NULL);
     if (!m->running_mean || !m->running_var || !m->num_batches_tracked) return BL_ERR;
@@ -109,8 +109,7 @@ bl_tensor *bl_batchnorm_forward(bl_batchnorm *m, bl_tensor *x, bool training) {
     BL_NONNULL(x);
     BL_CHECK(channels_match(x, m->num_features), "BatchNorm(%lld): input of shape %s, expected (N, %lld, ...)",
              (long long)m->num_features, bl__shape(x), (long long)m->num_features);
-    bl_tensor *y = bl_batch_norm(x, m->weight, m->bias, m->running_mean, m->running_var, training, m->momentum,
-                                 m->eps);
+    bl_tensor *y = bl_batch_norm(x, m->weight, m->bias, m->running_mean, m->running_var, training, m->momentum, m->eps);
     if (y && training && m->num_batches_tracked) (*(int64_t *)m->num_batches_tracked->data)++;
     return y;
 }
@@ -125,8 +124,8 @@ int bl_layernorm_init(bl_layernorm *m, bl_params *ps, const char *prefix, int64_
 
 bl_tensor *bl_layernorm_forward(const bl_layernorm *m, bl_tensor *x) {
     BL_NONNULL(x);
-    BL_CHECK(x->ndim >= 1 && x->shape[x->ndim - 1] == m->dim, "LayerNorm(%lld): input of shape %s",
-             (long long)m->dim, bl__shape(x));
+    BL_CHECK(x->ndim >= 1 && x->shape[x->ndim - 1] == m->dim, "LayerNorm(%lld): input of shape %s", (long long)m->dim,
+             bl__shape(x));
     return bl_layer_norm(x, 1, &m->dim, m->weight, m->bias, m->eps);
 }
 

@@ -12,8 +12,10 @@ int bl_mlp_init(bl_mlp *m, bl_params *ps, const char *prefix, int64_t in_feature
     char name[BL_PARAM_NAME_MAX];
     memset(m, 0, sizeof *m);
     m->act = act;
-    BL_TRY(bl_linear_layer_init(&m->fc1, ps, bl_param_name(name, prefix, "fc1"), in_features, hidden_features, true, rng));
-    BL_TRY(bl_linear_layer_init(&m->fc2, ps, bl_param_name(name, prefix, "fc2"), hidden_features, out_features, true, rng));
+    BL_TRY(
+        bl_linear_layer_init(&m->fc1, ps, bl_param_name(name, prefix, "fc1"), in_features, hidden_features, true, rng));
+    BL_TRY(bl_linear_layer_init(&m->fc2, ps, bl_param_name(name, prefix, "fc2"), hidden_features, out_features, true,
+                                rng));
     bl_dropout_layer_init(&m->drop, drop, rng);
     return BL_OK;
 }
@@ -27,8 +29,8 @@ bl_tensor *bl_mlp_forward(bl_mlp *m, bl_tensor *x, bool training) {
 
 /* ---- multi-head attention ---- */
 
-int bl_mha_init(bl_mha *m, bl_params *ps, const char *prefix, int64_t dim, int64_t heads, bool qkv_bias,
-                double drop, bl_rng *rng) {
+int bl_mha_init(bl_mha *m, bl_params *ps, const char *prefix, int64_t dim, int64_t heads, bool qkv_bias, double drop,
+                bl_rng *rng) {
     BL_CHECK_RC(dim > 0 && heads > 0 && dim % heads == 0, "Attention '%s': dim %lld is not divisible by %lld heads",
                 prefix, (long long)dim, (long long)heads);
     char name[BL_PARAM_NAME_MAX];
@@ -43,8 +45,9 @@ int bl_mha_init(bl_mha *m, bl_params *ps, const char *prefix, int64_t dim, int64
 
 bl_tensor *bl_mha_forward(bl_mha *m, bl_tensor *x, bl_tensor *mask, bool training) {
     BL_NONNULL(x);
-    BL_CHECK(x->ndim == 3 && x->shape[2] == m->dim, "Attention(dim %lld, %lld heads): input of shape %s, expected (B, T, %lld)",
-             (long long)m->dim, (long long)m->heads, bl__shape(x), (long long)m->dim);
+    BL_CHECK(x->ndim == 3 && x->shape[2] == m->dim,
+             "Attention(dim %lld, %lld heads): input of shape %s, expected (B, T, %lld)", (long long)m->dim,
+             (long long)m->heads, bl__shape(x), (long long)m->dim);
     int64_t B = x->shape[0], T = x->shape[1], H = m->heads, hd = m->dim / m->heads;
     /* The fused projection's features are ordered (q|k|v, head, head_dim), as timm splits them. */
     bl_tensor *qkv = bl_reshape(bl_linear_layer_forward(&m->qkv, x), BL_SHAPE(B, T, 3, H, hd));
@@ -58,9 +61,8 @@ bl_tensor *bl_mha_forward(bl_mha *m, bl_tensor *x, bl_tensor *mask, bool trainin
 
 /* ---- pre-norm block ---- */
 
-int bl_transformer_block_init(bl_transformer_block *m, bl_params *ps, const char *prefix, int64_t dim,
-                              int64_t heads, double mlp_ratio, bool qkv_bias, double drop, double norm_eps,
-                              bl_rng *rng) {
+int bl_transformer_block_init(bl_transformer_block *m, bl_params *ps, const char *prefix, int64_t dim, int64_t heads,
+                              double mlp_ratio, bool qkv_bias, double drop, double norm_eps, bl_rng *rng) {
     int64_t hidden = (int64_t)(dim * mlp_ratio);
     BL_CHECK_RC(hidden > 0, "Block '%s': mlp_ratio %g gives no hidden units", prefix, mlp_ratio);
     char name[BL_PARAM_NAME_MAX];

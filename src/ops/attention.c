@@ -1,11 +1,17 @@
-/* Scaled dot-product attention: softmax(q k^T * scale + mask) v.
+/* Scaled dot-product attention: out = softmax(q k^T * scale + mask) v.
  *
- * Two paths with one meaning. When gradients are needed, the op is the composition matmul ->
- * scale -> mask -> softmax -> matmul, so autograd (and second order) come from those ops. When
- * they are not (inference, or the forward evaluations of a gradient check), a fused kernel walks
- * the (batch, block of query rows) pairs in parallel: for each it computes the scores of a few
- * query rows into a small per-thread buffer, masks them, normalizes them in place and multiplies
- * by v, so the (Tq, Tk) score matrices of the whole batch never exist in memory. */
+ * Forward is one fused kernel. It walks the (batch entry, block of query rows) pairs in parallel;
+ * for each it computes the block's scores with a GEMM, masks them, normalizes them in place and
+ * multiplies by v. At inference the scores live in a small per-thread buffer, so the (Tq, Tk)
+ * matrices of the whole batch never exist in memory; when gradients are needed they are written to
+ * one probabilities tensor P kept for the backward.
+ *
+ * Backward, with g the gradient of out and dS the gradient of the (masked, scaled) scores:
+ *   dV = P^T g,  dP = g V^T,  dS = P * (dP - sum_k(dP * P)),  dQ = scale dS K,  dK = scale dS^T Q,
+ *   and an additive mask receives dS (summed over the dims it was broadcast along).
+ * Under create_graph these are built from ops, recomputing P from q and k with ops, so that they
+ * differentiate again. The first-order backward runs the same formulas in one fused kernel per
+ * batch entry (four GEMMs and a row pass, all in cache), when q, k and v share one batch shape. */
 #include "backend/cpu/gemm.h"
 #include "ballast/ops.h"
 #include "core/internal.h"
@@ -18,7 +24,8 @@
 #include <omp.h>
 #endif
 
-/* Scores per thread, in elements (a block of query rows times Tk): small enough to stay in L2. */
+/* Scores per thread at inference, in elements (a block of query rows times Tk): small enough to
+ * stay in L2. */
 #define SCORE_BLOCK_ELEMS 16384
 
 typedef struct {
@@ -26,92 +33,6 @@ typedef struct {
     double scale;
     bool causal;
 } attention_shape;
-
-/* keep (Tq, Tk) = key j <= query i, the causal pattern (top-left aligned, as PyTorch). */
-static bl_tensor *causal_keep_mask(int64_t Tq, int64_t Tk) {
-    bl_tensor *keep = bl_empty(BL_BOOL, 2, (int64_t[]){Tq, Tk});
-    if (!keep) return NULL;
-    uint8_t *k = keep->data;
-    for (int64_t i = 0; i < Tq; i++)
-        for (int64_t j = 0; j < Tk; j++) k[i * Tk + j] = j <= i;
-    return keep;
-}
-
-static bool mask_is_boolean(const bl_tensor *mask) { return mask->dtype == BL_BOOL || mask->dtype == BL_U8; }
-
-static bl_tensor *attention_composite(bl_tensor *q, bl_tensor *k, bl_tensor *v, bl_tensor *mask,
-                                      const attention_shape *s) {
-    bl_tensor *scores = bl_mul_scalar(bl_matmul(q, bl_transpose(k, -2, -1)), s->scale);
-    bl_tensor *masked_out = bl_scalar(q->dtype, -INFINITY);
-    if (mask) scores = mask_is_boolean(mask) ? bl_where(mask, scores, masked_out) : bl_add(scores, mask);
-    if (s->causal) scores = bl_where(causal_keep_mask(s->Tq, s->Tk), scores, masked_out);
-    return bl_matmul(bl_softmax(scores, -1), v);
-}
-
-/* ---- fused forward ------------------------------------------------------------------------------ */
-
-/* Where the kernel finds one batch entry's matrices: element offsets per batch index, and how each
- * matrix is read by the GEMM kernels. */
-typedef struct {
-    const int64_t *offset;
-    bool trans;
-    int64_t ld;
-} operand;
-
-typedef struct {
-    const int64_t *offset;
-    int64_t row_stride, col_stride; /* 0 on broadcast dims */
-    bool boolean;
-} mask_operand;
-
-/* Adds the mask and the causal pattern to a block of scores (rows, Tk) for queries i0.. */
-#define APPLY_MASK(T)                                                                                  \
-    static void apply_mask_##T(T *scores, int64_t rows, int64_t i0, int64_t Tk, const mask_operand *m,  \
-                               const void *mask_base, bool causal) {                                   \
-        for (int64_t r = 0; r < rows; r++) {                                                           \
-            T *row = scores + r * Tk;                                                                  \
-            if (mask_base) {                                                                           \
-                int64_t base = (i0 + r) * m->row_stride;                                               \
-                if (m->boolean) {                                                                      \
-                    const uint8_t *keep = (const uint8_t *)mask_base + base;                           \
-                    for (int64_t j = 0; j < Tk; j++)                                                   \
-                        if (!keep[j * m->col_stride]) row[j] = -INFINITY;                              \
-                } else {                                                                               \
-                    const T *add = (const T *)mask_base + base;                                        \
-                    for (int64_t j = 0; j < Tk; j++) row[j] += add[j * m->col_stride];                 \
-                }                                                                                      \
-            }                                                                                          \
-            if (causal)                                                                                \
-                for (int64_t j = i0 + r + 1; j < Tk; j++) row[j] = -INFINITY;                          \
-        }                                                                                              \
-    }
-APPLY_MASK(float)
-APPLY_MASK(double)
-
-/* out (batch, Tq, Dv) = softmax(q k^T * scale + mask) v, per batch entry b:
- * q (Tq, D), k (Tk, D), v (Tk, Dv) at their offsets[b]; mask (Tq, Tk) or NULL. Query rows go in
- * blocks of `block`; scratch holds block * Tk elements per thread. */
-#define ATTENTION_KERNEL(T, GEMM, SOFTMAX_ROWS)                                                        \
-    static void attention_fwd_##T(int64_t batch, const attention_shape *s, int64_t block, const T *q,  \
-                                  operand qo, const T *k, operand ko, const T *v, operand vo,          \
-                                  const void *mask, const mask_operand *mo, T *out, T *scratch) {      \
-        int64_t blocks_per_entry = (s->Tq + block - 1) / block, tasks = batch * blocks_per_entry;      \
-        _Pragma("omp parallel for schedule(static) if (tasks > 1)")                                    \
-        for (int64_t t = 0; t < tasks; t++) {                                                          \
-            int64_t b = t / blocks_per_entry, i0 = (t % blocks_per_entry) * block;                     \
-            int64_t rows = s->Tq - i0 < block ? s->Tq - i0 : block;                                    \
-            T *scores = scratch + thread_index() * block * s->Tk;                                      \
-            const T *qb = q + qo.offset[b] + i0 * (qo.trans ? 1 : qo.ld);                              \
-            /* scores = q_rows k^T: a row-major k is read transposed, a transposed view as it is */    \
-            GEMM(qo.trans, !ko.trans, rows, s->Tk, s->D, (T)s->scale, qb, qo.ld, k + ko.offset[b], ko.ld, \
-                 0, scores, s->Tk);                                                                    \
-            const void *mb = mask ? (const char *)mask + mo->offset[b] * (mo->boolean ? 1 : sizeof(T)) : NULL; \
-            apply_mask_##T(scores, rows, i0, s->Tk, mo, mb, s->causal);                                \
-            SOFTMAX_ROWS(rows, s->Tk, scores, scores);                                                 \
-            GEMM(false, vo.trans, rows, s->Dv, s->Tk, 1, scores, s->Tk, v + vo.offset[b], vo.ld, 0,    \
-                 out + (b * s->Tq + i0) * s->Dv, s->Dv);                                               \
-        }                                                                                              \
-    }
 
 static int thread_index(void) {
 #ifdef _OPENMP
@@ -129,61 +50,251 @@ static int max_threads(void) {
 #endif
 }
 
-ATTENTION_KERNEL(float, bl_gemm_f32, cpu_softmax_rows_f32)
-ATTENTION_KERNEL(double, bl_gemm_f64, ref_softmax_rows_f64)
+static bool mask_is_boolean(const bl_tensor *mask) { return mask->dtype == BL_BOOL || mask->dtype == BL_U8; }
 
-static int64_t *offsets_for(const bl_tensor *t, int batch_ndim, const int64_t *batch_shape, int64_t batch) {
-    int64_t *offsets = bl_arena_alloc((size_t)(batch > 0 ? batch : 1) * sizeof *offsets);
-    if (offsets) bl__batch_offsets(t, 2, batch_ndim, batch_shape, offsets);
-    return offsets;
+/* ---- kernels --------------------------------------------------------------------------------------
+ * One batch entry's q is (Tq, D), k (Tk, D), v (Tk, Dv), found at offset[b] and read by the GEMM
+ * kernels as row-major (trans false) or column-major with leading dim ld. */
+
+typedef struct {
+    const int64_t *offset;
+    bool trans;
+    int64_t ld;
+} operand;
+
+/* A mask read as (Tq, Tk) per batch entry: element (i, j) at offset[b] + i * row_stride +
+ * j * col_stride (strides 0 on broadcast dims). Boolean masks keep where nonzero; float masks add. */
+typedef struct {
+    const void *data;
+    const int64_t *offset;
+    int64_t row_stride, col_stride;
+    bool boolean;
+} mask_operand;
+
+/* scores (rows, Tk) of queries i0.. of batch entry b: masked-out entries (=) -inf, additive mask
+ * values (+=). */
+#define DEFINE_APPLY_MASK(T)                                                                           \
+    static void apply_mask_##T(T *scores, int64_t rows, int64_t i0, int64_t b, int64_t Tk,            \
+                               const mask_operand *m, bool causal) {                                   \
+        for (int64_t r = 0; r < rows; r++) {                                                           \
+            T *row = scores + r * Tk;                                                                  \
+            if (m->data) {                                                                             \
+                int64_t base = m->offset[b] + (i0 + r) * m->row_stride;                                \
+                if (m->boolean) {                                                                      \
+                    const uint8_t *keep = (const uint8_t *)m->data + base;                             \
+                    for (int64_t j = 0; j < Tk; j++)                                                   \
+                        if (!keep[j * m->col_stride]) row[j] = -INFINITY;                              \
+                } else {                                                                               \
+                    const T *add = (const T *)m->data + base;                                          \
+                    for (int64_t j = 0; j < Tk; j++) row[j] += add[j * m->col_stride];                 \
+                }                                                                                      \
+            }                                                                                          \
+            if (causal) /* key j > query i is in the future */                                        \
+                for (int64_t j = i0 + r + 1; j < Tk; j++) row[j] = -INFINITY;                          \
+        }                                                                                              \
+    }
+
+/* out (batch, Tq, Dv) (=) softmax(q k^T * scale + mask) v. Query rows go in blocks of `block`.
+ * With probs (batch, Tq, Tk), the probabilities are written there (=); without, each thread uses
+ * its block * Tk elements of scratch. */
+#define DEFINE_ATTENTION_FWD(T, GEMM, SOFTMAX_ROWS)                                                    \
+    static void attention_fwd_##T(int64_t batch, const attention_shape *s, int64_t block, const T *q,  \
+                                  operand qo, const T *k, operand ko, const T *v, operand vo,          \
+                                  const mask_operand *mo, T *out, T *probs, T *scratch) {              \
+        int64_t blocks_per_entry = (s->Tq + block - 1) / block, tasks = batch * blocks_per_entry;      \
+        _Pragma("omp parallel for schedule(static) if (tasks > 1)")                                    \
+        for (int64_t t = 0; t < tasks; t++) {                                                          \
+            int64_t b = t / blocks_per_entry, i0 = (t % blocks_per_entry) * block;                     \
+            int64_t rows = s->Tq - i0 < block ? s->Tq - i0 : block;                                    \
+            T *p = probs ? probs + (b * s->Tq + i0) * s->Tk : scratch + thread_index() * block * s->Tk; \
+            const T *qb = q + qo.offset[b] + i0 * (qo.trans ? 1 : qo.ld);                              \
+            /* a row-major k is read transposed, a column-major one as it is */                        \
+            GEMM(qo.trans, !ko.trans, rows, s->Tk, s->D, (T)s->scale, qb, qo.ld, k + ko.offset[b], ko.ld, \
+                 0, p, s->Tk);                                                                         \
+            apply_mask_##T(p, rows, i0, b, s->Tk, mo, s->causal);                                      \
+            SOFTMAX_ROWS(rows, s->Tk, p, p);                                                           \
+            GEMM(false, vo.trans, rows, s->Dv, s->Tk, 1, p, s->Tk, v + vo.offset[b], vo.ld, 0,         \
+                 out + (b * s->Tq + i0) * s->Dv, s->Dv);                                               \
+        }                                                                                              \
+    }
+
+/* dq (batch, Tq, D), dk (batch, Tk, D), dv (batch, Tk, Dv) (=) the gradients of out for g
+ * (batch, Tq, Dv), from the forward's probs (batch, Tq, Tk); every batch entry has its own q, k, v.
+ * scratch: Tq * Tk elements per thread, for dP and then dS. */
+#define DEFINE_ATTENTION_BWD(T, GEMM, SOFTMAX_BWD_ROWS)                                                \
+    static void attention_bwd_##T(int64_t batch, const attention_shape *s, const T *q, operand qo,      \
+                                  const T *k, operand ko, const T *v, operand vo, const T *probs,      \
+                                  const T *g, T *dq, T *dk, T *dv, T *scratch) {                       \
+        int64_t Tq = s->Tq, Tk = s->Tk, D = s->D, Dv = s->Dv;                                          \
+        T scale = (T)s->scale;                                                                         \
+        _Pragma("omp parallel for schedule(static) if (batch > 1)")                                    \
+        for (int64_t b = 0; b < batch; b++) {                                                          \
+            const T *p = probs + b * Tq * Tk, *gb = g + b * Tq * Dv;                                   \
+            T *ds = scratch + thread_index() * Tq * Tk;                                                \
+            GEMM(true, false, Tk, Dv, Tq, 1, p, Tk, gb, Dv, 0, dv + b * Tk * Dv, Dv);                  \
+            GEMM(false, !vo.trans, Tq, Tk, Dv, 1, gb, Dv, v + vo.offset[b], vo.ld, 0, ds, Tk);         \
+            SOFTMAX_BWD_ROWS(Tq, Tk, p, ds, ds);                                                       \
+            GEMM(false, ko.trans, Tq, D, Tk, scale, ds, Tk, k + ko.offset[b], ko.ld, 0, dq + b * Tq * D, D); \
+            GEMM(true, qo.trans, Tk, D, Tq, scale, ds, Tk, q + qo.offset[b], qo.ld, 0, dk + b * Tk * D, D); \
+        }                                                                                              \
+    }
+
+DEFINE_APPLY_MASK(float)
+DEFINE_APPLY_MASK(double)
+DEFINE_ATTENTION_FWD(float, bl_gemm_f32, cpu_softmax_rows_f32)
+DEFINE_ATTENTION_FWD(double, bl_gemm_f64, ref_softmax_rows_f64)
+DEFINE_ATTENTION_BWD(float, bl_gemm_f32, cpu_softmax_bwd_rows_f32)
+DEFINE_ATTENTION_BWD(double, bl_gemm_f64, ref_softmax_bwd_rows_f64)
+
+/* ---- tensors to kernel arguments ------------------------------------------------------------------ */
+
+typedef struct {
+    int ndim;
+    int64_t shape[BL_MAX_DIMS];
+    int64_t count;
+} batch_dims;
+
+/* How the kernels read t's matrices over the batch. Fills *readable with t or a contiguous copy. */
+static int operand_of(bl_tensor *t, const batch_dims *bd, bl_tensor **readable, operand *o) {
+    *readable = bl__gemm_readable(t);
+    int64_t *offset = bl_arena_alloc((size_t)(bd->count > 0 ? bd->count : 1) * sizeof *offset);
+    if (!*readable || !offset) return BL_ERR;
+    bl__batch_offsets(*readable, 2, bd->ndim, bd->shape, offset);
+    o->offset = offset;
+    bl__gemm_operand(*readable, &o->trans, &o->ld);
+    return BL_OK;
 }
 
-static bl_tensor *attention_fused(bl_tensor *q, bl_tensor *k, bl_tensor *v, bl_tensor *mask,
-                                  const attention_shape *s, int batch_ndim, const int64_t *batch_shape) {
-    int64_t shape[BL_MAX_DIMS], batch = 1;
-    memcpy(shape, batch_shape, (size_t)batch_ndim * sizeof *shape);
-    for (int d = 0; d < batch_ndim; d++) batch *= batch_shape[d];
-    shape[batch_ndim] = s->Tq;
-    shape[batch_ndim + 1] = s->Dv;
-    bl_tensor *out = bl_empty(q->dtype, batch_ndim + 2, shape);
-    bl_tensor *rq = bl__gemm_readable(q), *rk = bl__gemm_readable(k), *rv = bl__gemm_readable(v);
-    BL_NONNULL(out, rq, rk, rv);
-    operand qo = {offsets_for(rq, batch_ndim, batch_shape, batch)}, ko = {offsets_for(rk, batch_ndim, batch_shape, batch)},
-            vo = {offsets_for(rv, batch_ndim, batch_shape, batch)};
-    BL_NONNULL(qo.offset, ko.offset, vo.offset);
-    bl__gemm_operand(rq, &qo.trans, &qo.ld);
-    bl__gemm_operand(rk, &ko.trans, &ko.ld);
-    bl__gemm_operand(rv, &vo.trans, &vo.ld);
-
-    mask_operand mo = {0};
-    if (mask) {
-        /* Read the mask as (batch.., Tq, Tk) with size-1 dims repeating. */
-        bl_tensor *m = bl__view_of(mask);
-        BL_NONNULL(m);
-        while (m->ndim < 2) {
-            memmove(m->shape + 1, m->shape, (size_t)m->ndim * sizeof *m->shape);
-            memmove(m->stride + 1, m->stride, (size_t)m->ndim * sizeof *m->stride);
-            m->shape[0] = 1;
-            m->stride[0] = 0;
-            m->ndim++;
-        }
-        mo.offset = offsets_for(m, batch_ndim, batch_shape, batch);
-        BL_NONNULL(mo.offset);
-        mo.row_stride = m->shape[m->ndim - 2] == 1 ? 0 : m->stride[m->ndim - 2];
-        mo.col_stride = m->shape[m->ndim - 1] == 1 ? 0 : m->stride[m->ndim - 1];
-        mo.boolean = mask_is_boolean(mask);
+static int mask_operand_of(const bl_tensor *mask, const batch_dims *bd, mask_operand *mo) {
+    memset(mo, 0, sizeof *mo);
+    if (!mask) return BL_OK;
+    /* Seen as at least (Tq, Tk): missing leading dims repeat. */
+    bl_tensor m = *mask;
+    while (m.ndim < 2) {
+        memmove(m.shape + 1, m.shape, (size_t)m.ndim * sizeof *m.shape);
+        memmove(m.stride + 1, m.stride, (size_t)m.ndim * sizeof *m.stride);
+        m.shape[0] = 1;
+        m.stride[0] = 0;
+        m.ndim++;
     }
+    int64_t *offset = bl_arena_alloc((size_t)(bd->count > 0 ? bd->count : 1) * sizeof *offset);
+    if (!offset) return BL_ERR;
+    bl__batch_offsets(&m, 2, bd->ndim, bd->shape, offset);
+    *mo = (mask_operand){mask->data, offset, m.shape[m.ndim - 2] == 1 ? 0 : m.stride[m.ndim - 2],
+                         m.shape[m.ndim - 1] == 1 ? 0 : m.stride[m.ndim - 1], mask_is_boolean(mask)};
+    return BL_OK;
+}
+
+/* Runs the forward kernel; with probs_out, also returns the probabilities (batch.., Tq, Tk). */
+static bl_tensor *attention_forward(bl_tensor *q, bl_tensor *k, bl_tensor *v, bl_tensor *mask,
+                                    const attention_shape *s, const batch_dims *bd, bl_tensor **probs_out) {
+    int64_t shape[BL_MAX_DIMS];
+    memcpy(shape, bd->shape, sizeof shape);
+    shape[bd->ndim] = s->Tq;
+    shape[bd->ndim + 1] = s->Dv;
+    bl_tensor *out = bl_empty(q->dtype, bd->ndim + 2, shape), *rq, *rk, *rv, *probs = NULL;
+    operand qo, ko, vo;
+    mask_operand mo;
+    BL_NONNULL(out);
+    if (operand_of(q, bd, &rq, &qo) || operand_of(k, bd, &rk, &ko) || operand_of(v, bd, &rv, &vo) ||
+        mask_operand_of(mask, bd, &mo))
+        return NULL;
     int64_t block = SCORE_BLOCK_ELEMS / (s->Tk > 0 ? s->Tk : 1);
     block = block < 1 ? 1 : block > s->Tq ? (s->Tq > 0 ? s->Tq : 1) : block;
-    void *scratch = bl_arena_alloc((size_t)(max_threads() * block * s->Tk) * bl_dtype_size(q->dtype));
-    BL_NONNULL(scratch);
+    void *scratch = NULL;
+    if (probs_out) {
+        shape[bd->ndim + 1] = s->Tk;
+        probs = bl_empty(q->dtype, bd->ndim + 2, shape);
+        BL_NONNULL(probs);
+        *probs_out = probs;
+    } else {
+        scratch = bl_arena_alloc((size_t)(max_threads() * block * s->Tk) * bl_dtype_size(q->dtype));
+        BL_NONNULL(scratch);
+    }
     if (q->dtype == BL_F32)
-        attention_fwd_float(batch, s, block, rq->data, qo, rk->data, ko, rv->data, vo, mask ? mask->data : NULL, &mo,
-                            out->data, scratch);
+        attention_fwd_float(bd->count, s, block, rq->data, qo, rk->data, ko, rv->data, vo, &mo, out->data,
+                            probs ? probs->data : NULL, scratch);
     else
-        attention_fwd_double(batch, s, block, rq->data, qo, rk->data, ko, rv->data, vo, mask ? mask->data : NULL, &mo,
-                             out->data, scratch);
+        attention_fwd_double(bd->count, s, block, rq->data, qo, rk->data, ko, rv->data, vo, &mo, out->data,
+                             probs ? probs->data : NULL, scratch);
     return out;
+}
+
+/* ---- backward ------------------------------------------------------------------------------------ */
+
+typedef struct {
+    attention_shape s;
+    batch_dims batch;
+    bl_tensor *bool_mask; /* a boolean mask (never differentiated), or NULL */
+    bl_tensor *probs;     /* from the forward, when the fused backward applies; else NULL */
+} attention_ctx;
+
+static bl_tensor *sum_to_shape_of(bl_tensor *t, const bl_tensor *like) {
+    if (!t || bl_same_shape(t, like)) return t;
+    return bl_sum_to(t, like->ndim, like->shape);
+}
+
+/* P = softmax(q k^T * scale + mask) as ops, differentiable in q, k and an additive mask. */
+static bl_tensor *probs_by_ops(bl_tensor *q, bl_tensor *k, bl_tensor *mask, const attention_shape *s) {
+    bl_tensor *scores = bl_mul_scalar(bl_matmul(q, bl_transpose(k, -2, -1)), s->scale);
+    bl_tensor *masked_out = bl_scalar(q->dtype, -INFINITY);
+    if (mask) scores = mask_is_boolean(mask) ? bl_where(mask, scores, masked_out) : bl_add(scores, mask);
+    if (s->causal) {
+        bl_tensor *keep = bl_empty(BL_BOOL, 2, (int64_t[]){s->Tq, s->Tk});
+        BL_NONNULL(keep);
+        uint8_t *kp = keep->data;
+        for (int64_t i = 0; i < s->Tq; i++)
+            for (int64_t j = 0; j < s->Tk; j++) kp[i * s->Tk + j] = j <= i;
+        scores = bl_where(keep, scores, masked_out);
+    }
+    return bl_softmax(scores, -1);
+}
+
+static int backward_with_ops(bl_node *node, const attention_ctx *c, bl_tensor *g, bl_tensor **gin) {
+    bl_tensor *q = node->inputs[0], *k = node->inputs[1], *v = node->inputs[2];
+    bl_tensor *add_mask = node->n_inputs > 3 ? node->inputs[3] : NULL;
+    bl_tensor *p = probs_by_ops(q, k, add_mask ? add_mask : c->bool_mask, &c->s);
+    if (v->requires_grad && !(gin[2] = sum_to_shape_of(bl_matmul(bl_transpose(p, -2, -1), g), v))) return BL_ERR;
+    if (!q->requires_grad && !k->requires_grad && !(add_mask && add_mask->requires_grad)) return BL_OK;
+    bl_tensor *dp = bl_matmul(g, bl_transpose(v, -2, -1));
+    bl_tensor *ds = bl_mul(p, bl_sub(dp, bl_sum_dim(bl_mul(dp, p), -1, true)));
+    if (q->requires_grad && !(gin[0] = sum_to_shape_of(bl_mul_scalar(bl_matmul(ds, k), c->s.scale), q)))
+        return BL_ERR;
+    if (k->requires_grad &&
+        !(gin[1] = sum_to_shape_of(bl_mul_scalar(bl_matmul(bl_transpose(ds, -2, -1), q), c->s.scale), k)))
+        return BL_ERR;
+    if (add_mask && add_mask->requires_grad && !(gin[3] = sum_to_shape_of(ds, add_mask))) return BL_ERR;
+    return BL_OK;
+}
+
+static int backward_fused(bl_node *node, const attention_ctx *c, bl_tensor *g, bl_tensor **gin) {
+    bl_tensor *q = node->inputs[0], *k = node->inputs[1], *v = node->inputs[2], *rq, *rk, *rv, *gc = NULL;
+    operand qo, ko, vo;
+    if (operand_of(q, &c->batch, &rq, &qo) || operand_of(k, &c->batch, &rk, &ko) ||
+        operand_of(v, &c->batch, &rv, &vo))
+        return BL_ERR;
+    BL_NO_GRAD { gc = bl_contiguous(g); }
+    bl_tensor *dq = bl_empty(q->dtype, q->ndim, q->shape), *dk = bl_empty(k->dtype, k->ndim, k->shape);
+    bl_tensor *dv = bl_empty(v->dtype, v->ndim, v->shape);
+    void *scratch = bl_arena_alloc((size_t)(max_threads() * c->s.Tq * c->s.Tk) * bl_dtype_size(q->dtype));
+    if (!gc || !dq || !dk || !dv || !scratch) return BL_ERR;
+    if (q->dtype == BL_F32)
+        attention_bwd_float(c->batch.count, &c->s, rq->data, qo, rk->data, ko, rv->data, vo, c->probs->data, gc->data,
+                            dq->data, dk->data, dv->data, scratch);
+    else
+        attention_bwd_double(c->batch.count, &c->s, rq->data, qo, rk->data, ko, rv->data, vo, c->probs->data,
+                             gc->data, dq->data, dk->data, dv->data, scratch);
+    gin[0] = q->requires_grad ? dq : NULL;
+    gin[1] = k->requires_grad ? dk : NULL;
+    gin[2] = v->requires_grad ? dv : NULL;
+    return BL_OK;
+}
+
+static int attention_backward(bl_node *node, bl_tensor *g, bl_tensor **gin) {
+    const attention_ctx *c = node->ctx;
+    bool mask_needs_grad = node->n_inputs > 3 && node->inputs[3]->requires_grad;
+    if (!bl_grad_enabled() && c->probs && !mask_needs_grad) return backward_fused(node, c, g, gin);
+    return backward_with_ops(node, c, g, gin);
 }
 
 /* ---- the op -------------------------------------------------------------------------------------- */
@@ -205,10 +316,12 @@ bl_tensor *bl_scaled_dot_product_attention(bl_tensor *q, bl_tensor *k, bl_tensor
     if (!(s.scale > 0)) s.scale = 1.0 / sqrt((double)(s.D > 0 ? s.D : 1));
 
     bl_tensor *all[4] = {q, k, v, mask};
-    int64_t batch_shape[BL_MAX_DIMS];
-    int batch_ndim = bl__broadcast_batch(3, all, 2, batch_shape);
-    BL_CHECK(batch_ndim >= 0, "scaled_dot_product_attention: batch dims of q %s, k %s, v %s do not broadcast",
+    batch_dims bd = {0};
+    bd.ndim = bl__broadcast_batch(3, all, 2, bd.shape);
+    BL_CHECK(bd.ndim >= 0, "scaled_dot_product_attention: batch dims of q %s, k %s, v %s do not broadcast",
              bl__shape(q), bl__shape(k), bl__shape(v));
+    bd.count = 1;
+    for (int d = 0; d < bd.ndim; d++) bd.count *= bd.shape[d];
     if (mask) {
         BL_CHECK(mask_is_boolean(mask) || mask->dtype == q->dtype,
                  "scaled_dot_product_attention: mask must be BOOL/U8 (true = keep) or %s (added), got %s",
@@ -217,13 +330,29 @@ bl_tensor *bl_scaled_dot_product_attention(bl_tensor *q, bl_tensor *k, bl_tensor
         int64_t cols = mask->ndim >= 1 ? mask->shape[mask->ndim - 1] : 1;
         int64_t with_mask[BL_MAX_DIMS];
         bool fits = (rows == 1 || rows == s.Tq) && (cols == 1 || cols == s.Tk) &&
-                    bl__broadcast_batch(4, all, 2, with_mask) == batch_ndim;
-        for (int d = 0; fits && d < batch_ndim; d++) fits = with_mask[d] == batch_shape[d];
+                    bl__broadcast_batch(4, all, 2, with_mask) == bd.ndim;
+        for (int d = 0; fits && d < bd.ndim; d++) fits = with_mask[d] == bd.shape[d];
         BL_CHECK(fits, "scaled_dot_product_attention: mask %s does not broadcast to the scores (.., %lld, %lld) of q %s",
                  bl__shape(mask), (long long)s.Tq, (long long)s.Tk, bl__shape(q));
     }
 
-    bl_tensor *differentiable[4] = {q, k, v, mask && !mask_is_boolean(mask) ? mask : NULL};
-    if (bl_autograd_needed(4, differentiable)) return attention_composite(q, k, v, mask, &s);
-    return attention_fused(q, k, v, mask, &s, batch_ndim, batch_shape);
+    bool boolean_mask = mask && mask_is_boolean(mask);
+    bl_tensor *inputs[4] = {q, k, v, boolean_mask ? NULL : mask};
+    int n_inputs = inputs[3] ? 4 : 3;
+    bool record = bl_autograd_needed(n_inputs, inputs);
+    /* The fused backward gives each batch entry its own dq, dk, dv, so it needs q, k, v unbroadcast. */
+    bool fused_backward = record;
+    for (int i = 0; i < 3; i++) {
+        int64_t own = 1;
+        for (int d = 0; d < inputs[i]->ndim - 2; d++) own *= inputs[i]->shape[d];
+        fused_backward = fused_backward && inputs[i]->ndim == bd.ndim + 2 && own == bd.count;
+    }
+    bl_tensor *probs = NULL;
+    bl_tensor *out = attention_forward(q, k, v, mask, &s, &bd, fused_backward ? &probs : NULL);
+    if (!out || !record) return out;
+    bl_node *node = bl_autograd_record(out, "scaled_dot_product_attention", attention_backward, n_inputs, inputs,
+                                       sizeof(attention_ctx));
+    if (!node) return NULL;
+    *(attention_ctx *)node->ctx = (attention_ctx){s, bd, boolean_mask ? mask : NULL, probs};
+    return out;
 }

@@ -10,9 +10,13 @@
  * so derivatives of any order stay within these three ops. A bias adds to the output channels
  * (O for conv2d, C for the transposed conv); its gradient is a per-channel sum.
  *
- * Kernels: F64 runs the reference loops; F32 runs oneDNN or im2col + GEMM, chosen per shape and
- * pass (BALLAST_CONV=ref|im2col|onednn in the environment forces one, for benchmarks). */
+ * Kernels: F64 runs the reference loops; F32 runs oneDNN when the library is built with it, else
+ * im2col + GEMM (BALLAST_CONV=ref|im2col|onednn in the environment forces one, for tests and
+ * benchmarks). A first-order backward of conv2d (no create_graph) skips the composite ops and
+ * runs both passes in one kernel call, which on oneDNN reorders dy once for both and reuses the
+ * reordered x that the forward pass kept for it. */
 #include "ballast/ops.h"
+#include "ballast/profile.h"
 
 #include "backend/cpu/conv.h"
 #include "backend/ref/ref_conv.h"
@@ -30,132 +34,130 @@ bl_conv_args bl_conv_args_make(int stride, int pad) {
 
 typedef enum { IMPL_AUTO, IMPL_REF, IMPL_IM2COL, IMPL_ONEDNN } conv_impl;
 
+/* Read on every call (a short scan of the environment, nothing next to a convolution) so that
+ * tests can run the same op on each implementation. */
 static conv_impl forced_impl(void) {
-    static int cached = -1;
-    if (cached < 0) {
-        const char *env = getenv("BALLAST_CONV");
-        cached = !env ? IMPL_AUTO
-                 : !strcmp(env, "ref")    ? IMPL_REF
-                 : !strcmp(env, "im2col") ? IMPL_IM2COL
-                 : !strcmp(env, "onednn") ? IMPL_ONEDNN
-                                          : IMPL_AUTO;
-    }
-    return (conv_impl)cached;
+    const char *env = getenv("BALLAST_CONV");
+    if (!env) return IMPL_AUTO;
+    if (!strcmp(env, "ref")) return IMPL_REF;
+    if (!strcmp(env, "im2col")) return IMPL_IM2COL;
+    if (!strcmp(env, "onednn")) return IMPL_ONEDNN;
+    return IMPL_AUTO;
 }
 
-static conv_impl choose_impl(const bl_conv_geom *g, bl_dtype dt, bl_conv_pass pass) {
+/* oneDNN wins on every ResNet conv shape and pass, by 2-4x over im2col + GEMM even counting the
+ * reorders to and from its blocked layout (bench/bench_conv.c), so it is used whenever present;
+ * im2col + GEMM is the portable path and the fallback for shapes oneDNN declines. */
+static conv_impl choose_impl(bl_dtype dt) {
     if (dt != BL_F32) return IMPL_REF;
     conv_impl forced = forced_impl();
     if (forced != IMPL_AUTO) return forced;
 #ifdef BALLAST_HAVE_ONEDNN
-    (void)g;
-    (void)pass;
     return IMPL_ONEDNN;
 #else
-    (void)g;
-    (void)pass;
     return IMPL_IM2COL;
 #endif
 }
 
-/* Scratch for one F32 kernel call of `impl` (which may fall back from oneDNN to im2col); NULL with
- * an error set when the arena is exhausted. Released by the caller's scope. */
-static void *f32_workspace(const bl_conv_geom *g, bl_conv_pass pass, bool with_bias, conv_impl *impl) {
+/* The reference loops for one pass (see run_kernels for the arguments). */
+static void run_reference(bl_conv_pass pass, const bl_conv_geom *g, bl_dtype dt, void *out, void *db, const void *a,
+                          const void *b, const void *bias) {
+    bool f32 = dt == BL_F32;
+    switch (pass) {
+    case BL_CONV_FWD:
+        if (f32) ref_conv2d_fwd_f32(g, out, a, b, bias);
+        else ref_conv2d_fwd_f64(g, out, a, b, bias);
+        break;
+    case BL_CONV_BWD_DATA:
+        if (f32) ref_conv2d_bwd_data_f32(g, out, a, b, bias);
+        else ref_conv2d_bwd_data_f64(g, out, a, b, bias);
+        break;
+    case BL_CONV_BWD_WEIGHT:
+        if (f32) ref_conv2d_bwd_weight_f32(g, out, a, b);
+        else ref_conv2d_bwd_weight_f64(g, out, a, b);
+        if (db && f32) ref_channel_sum_f32(g->N, g->O, g->OH * g->OW, db, b);
+        if (db && !f32) ref_channel_sum_f64(g->N, g->O, g->OH * g->OW, db, b);
+        break;
+    }
+}
+
+/* One pass of the convolution g on contiguous tensors:
+ *   BL_CONV_FWD:        out (y) = conv(a (x), b (w)) + bias (O)
+ *   BL_CONV_BWD_DATA:   out (dx) = d<conv(x, w), a (dy)>/dx with b (w), + bias (C)
+ *   BL_CONV_BWD_WEIGHT: out (dw) = d<conv(a (x), w), b (dy)>/dw, and db (O) = dy summed per channel
+ * bias and db may be NULL. For the forward pass, *saved_input (when saved_input is not NULL)
+ * is where oneDNN may leave its reordered copy of x for the backward pass; it is set to NULL
+ * when the pass ran elsewhere and left nothing there. */
+static int run_kernels(bl_conv_pass pass, const bl_conv_geom *g, bl_tensor *out, bl_tensor *db, const bl_tensor *a,
+                       const bl_tensor *b, const bl_tensor *bias, void **saved_input) {
+    const void *bias_data = bias ? bias->data : NULL;
+    void *db_data = db ? db->data : NULL;
+    conv_impl impl = choose_impl(out->dtype);
+    void *saved = saved_input ? *saved_input : NULL;
+    if (saved_input) *saved_input = NULL;
+    if (impl == IMPL_REF) {
+        run_reference(pass, g, out->dtype, out->data, db_data, a->data, b->data, bias_data);
+        return BL_OK;
+    }
     size_t bytes = 0;
 #ifdef BALLAST_HAVE_ONEDNN
-    if (*impl == IMPL_ONEDNN && onednn_conv2d_prepare(g, pass, with_bias, &bytes) != BL_OK) *impl = IMPL_IM2COL;
+    if (impl == IMPL_ONEDNN && onednn_conv2d_prepare(g, pass, bias || db, &bytes) != BL_OK) impl = IMPL_IM2COL;
 #else
-    (void)with_bias;
-    if (*impl == IMPL_ONEDNN) *impl = IMPL_IM2COL;
+    (void)saved;
+    if (impl == IMPL_ONEDNN) impl = IMPL_IM2COL;
 #endif
-    if (*impl == IMPL_IM2COL) bytes = cpu_conv2d_workspace(g, pass);
-    return bl_arena_alloc(bytes);
-}
-
-/* y = conv(x, w) + bias; every tensor contiguous, bias may be NULL. */
-static int run_forward(const bl_conv_geom *g, bl_tensor *y, const bl_tensor *x, const bl_tensor *w,
-                       const bl_tensor *bias) {
-    const void *b = bias ? bias->data : NULL;
-    conv_impl impl = choose_impl(g, y->dtype, BL_CONV_FWD);
-    if (y->dtype == BL_F64) {
-        ref_conv2d_fwd_f64(g, y->data, x->data, w->data, b);
-        return BL_OK;
-    }
-    if (impl == IMPL_REF) {
-        ref_conv2d_fwd_f32(g, y->data, x->data, w->data, b);
-        return BL_OK;
-    }
+    if (impl == IMPL_IM2COL) bytes = cpu_conv2d_workspace(g, pass);
     bl_scope s = bl_scope_begin();
-    int rc = BL_ERR;
-    void *work = f32_workspace(g, BL_CONV_FWD, b != NULL, &impl);
+    void *work = bl_arena_alloc(bytes);
+    int rc = work ? BL_OK : BL_ERR;
     if (work && impl == IMPL_IM2COL) {
-        cpu_conv2d_fwd_f32(g, y->data, x->data, w->data, b, work);
-        rc = BL_OK;
-    }
-#ifdef BALLAST_HAVE_ONEDNN
-    if (work && impl == IMPL_ONEDNN) rc = onednn_conv2d_fwd_f32(g, y->data, x->data, w->data, b, work);
-#endif
-    bl_scope_end(s);
-    return rc;
-}
-
-/* dx = d<conv(x, w), dy>/dx + bias (C); bias may be NULL. */
-static int run_backward_data(const bl_conv_geom *g, bl_tensor *dx, const bl_tensor *dy, const bl_tensor *w,
-                             const bl_tensor *bias) {
-    const void *b = bias ? bias->data : NULL;
-    conv_impl impl = choose_impl(g, dx->dtype, BL_CONV_BWD_DATA);
-    if (dx->dtype == BL_F64) {
-        ref_conv2d_bwd_data_f64(g, dx->data, dy->data, w->data, b);
-        return BL_OK;
-    }
-    if (impl == IMPL_REF) {
-        ref_conv2d_bwd_data_f32(g, dx->data, dy->data, w->data, b);
-        return BL_OK;
-    }
-    bl_scope s = bl_scope_begin();
-    int rc = BL_ERR;
-    void *work = f32_workspace(g, BL_CONV_BWD_DATA, false, &impl);
-    if (work && impl == IMPL_IM2COL) {
-        cpu_conv2d_bwd_data_f32(g, dx->data, dy->data, w->data, b, work);
-        rc = BL_OK;
-    }
-#ifdef BALLAST_HAVE_ONEDNN
-    if (work && impl == IMPL_ONEDNN) rc = onednn_conv2d_bwd_data_f32(g, dx->data, dy->data, w->data, b, work);
-#endif
-    bl_scope_end(s);
-    return rc;
-}
-
-/* dw = d<conv(x, w), dy>/dw, and db (O) = dy summed per channel when db is not NULL. */
-static int run_backward_weight(const bl_conv_geom *g, bl_tensor *dw, bl_tensor *db, const bl_tensor *x,
-                               const bl_tensor *dy) {
-    void *b = db ? db->data : NULL;
-    conv_impl impl = choose_impl(g, dw->dtype, BL_CONV_BWD_WEIGHT);
-    if (dw->dtype == BL_F64 || impl == IMPL_REF) {
-        if (dw->dtype == BL_F64) {
-            ref_conv2d_bwd_weight_f64(g, dw->data, x->data, dy->data);
-            if (b) ref_channel_sum_f64(g->N, g->O, g->OH * g->OW, b, dy->data);
-        } else {
-            ref_conv2d_bwd_weight_f32(g, dw->data, x->data, dy->data);
-            if (b) ref_channel_sum_f32(g->N, g->O, g->OH * g->OW, b, dy->data);
+        switch (pass) {
+        case BL_CONV_FWD: cpu_conv2d_fwd_f32(g, out->data, a->data, b->data, bias_data, work); break;
+        case BL_CONV_BWD_DATA: cpu_conv2d_bwd_data_f32(g, out->data, a->data, b->data, bias_data, work); break;
+        case BL_CONV_BWD_WEIGHT: cpu_conv2d_bwd_weight_f32(g, out->data, db_data, a->data, b->data, work); break;
         }
-        return BL_OK;
-    }
-    bl_scope s = bl_scope_begin();
-    int rc = BL_ERR;
-    void *work = f32_workspace(g, BL_CONV_BWD_WEIGHT, b != NULL, &impl);
-    if (work && impl == IMPL_IM2COL) {
-        cpu_conv2d_bwd_weight_f32(g, dw->data, b, x->data, dy->data, work);
-        rc = BL_OK;
     }
 #ifdef BALLAST_HAVE_ONEDNN
-    if (work && impl == IMPL_ONEDNN) rc = onednn_conv2d_bwd_weight_f32(g, dw->data, b, x->data, dy->data, work);
+    if (work && impl == IMPL_ONEDNN) {
+        switch (pass) {
+        case BL_CONV_FWD:
+            rc = onednn_conv2d_fwd_f32(g, out->data, a->data, b->data, bias_data, saved, work);
+            if (saved_input && rc == BL_OK) *saved_input = saved;
+            break;
+        case BL_CONV_BWD_DATA: rc = onednn_conv2d_bwd_data_f32(g, out->data, a->data, b->data, bias_data, work); break;
+        case BL_CONV_BWD_WEIGHT:
+            rc = onednn_conv2d_bwd_weight_f32(g, out->data, db_data, a->data, b->data, work);
+            break;
+        }
+    }
 #endif
     bl_scope_end(s);
+    return rc;
+}
+
+/* Multiply-adds of one pass, times 2 (each pass does the same number). */
+static double conv_flops(const bl_conv_geom *g) {
+    return 2.0 * (double)(g->N * g->O * g->OH * g->OW) * (double)(g->C / g->groups * g->KH * g->KW);
+}
+
+/* run_kernels, timed for the profile. */
+static int run_pass(bl_conv_pass pass, const bl_conv_geom *g, bl_tensor *out, bl_tensor *db, const bl_tensor *a,
+                    const bl_tensor *b, const bl_tensor *bias, void **saved_input) {
+    static const char *const profile_names[] = {"conv2d.fwd", "conv2d.bwd_data", "conv2d.bwd_weight"};
+    double t0 = bl_profile_start();
+    int rc = run_kernels(pass, g, out, db, a, b, bias, saved_input);
+    bl_profile_stop(profile_names[pass], t0, conv_flops(g));
     return rc;
 }
 
 /* ---- the three differentiable ops ---- */
+
+typedef struct {
+    bl_conv_geom geom;
+    /* conv2d only: oneDNN's reordered copy of x left by the forward pass, or NULL */
+    void *saved_input;
+    bool saved_with_bias;
+} conv_ctx;
 
 static bl_tensor *conv_forward(bl_tensor *x, bl_tensor *w, bl_tensor *bias, const bl_conv_geom *g);
 static bl_tensor *conv_backward_data(bl_tensor *dy, bl_tensor *w, bl_tensor *bias, const bl_conv_geom *g);
@@ -178,33 +180,64 @@ static bl_tensor *channel_sum(bl_tensor *t) {
 
 static bool wants_grad(const bl_tensor *t) { return t && t->requires_grad; }
 
+#ifdef BALLAST_HAVE_ONEDNN
+/* Both backward passes on oneDNN, sharing one reorder of dy and the forward pass's copy of x.
+ * Returns false when oneDNN cannot run them (nothing written); *rc is its result otherwise. */
+static bool onednn_backward(const conv_ctx *c, bl_tensor *dx, bl_tensor *dw, bl_tensor *db, const bl_tensor *dy,
+                            const bl_tensor *w, const bl_tensor *x, int *rc) {
+    size_t bytes;
+    if (choose_impl(dy->dtype) != IMPL_ONEDNN || onednn_conv2d_bwd_prepare(&c->geom, db != NULL, &bytes) != BL_OK)
+        return false;
+    double t0 = bl_profile_start();
+    bl_scope s = bl_scope_begin();
+    void *work = bl_arena_alloc(bytes);
+    onednn_saved_input saved = {c->saved_input, c->saved_with_bias};
+    *rc = work ? onednn_conv2d_bwd_f32(&c->geom, dx ? dx->data : NULL, dw->data, db ? db->data : NULL, dy->data,
+                                       w->data, x->data, &saved, work)
+               : BL_ERR;
+    bl_scope_end(s);
+    bl_profile_stop("conv2d.bwd", t0, conv_flops(&c->geom) * (dx ? 2 : 1));
+    return true;
+}
+#endif
+
+/* First-order gradients of conv2d straight from the kernels: nothing here is differentiated
+ * again, so the two passes may share work. */
+static int conv_forward_backward_fused(const conv_ctx *c, bl_tensor *x, bl_tensor *w, bl_tensor *bias, bl_tensor *g,
+                                       bl_tensor **gin) {
+    bl_tensor *dy = bl_contiguous(g);
+    bl_tensor *dx = wants_grad(x) ? bl_empty(x->dtype, 4, x->shape) : NULL;
+    bl_tensor *dw = wants_grad(w) ? bl_empty(w->dtype, 4, w->shape) : NULL;
+    /* The weight pass also sums dy per channel; without it, the bias gradient is its own pass. */
+    bl_tensor *db = dw && wants_grad(bias) ? bl_empty(bias->dtype, 1, bias->shape) : NULL;
+    if (!dy || (wants_grad(x) && !dx) || (wants_grad(w) && !dw) || (dw && wants_grad(bias) && !db)) return BL_ERR;
+    bool done = false;
+#ifdef BALLAST_HAVE_ONEDNN
+    int rc;
+    if (dw && (done = onednn_backward(c, dx, dw, db, dy, w, x, &rc)) && rc != BL_OK) return BL_ERR;
+#endif
+    if (!done) {
+        if (dx) BL_TRY(run_pass(BL_CONV_BWD_DATA, &c->geom, dx, NULL, dy, w, NULL, NULL));
+        if (dw) BL_TRY(run_pass(BL_CONV_BWD_WEIGHT, &c->geom, dw, db, x, dy, NULL, NULL));
+    }
+    gin[0] = dx;
+    gin[1] = dw;
+    gin[2] = dw ? db : wants_grad(bias) ? channel_sum(dy) : NULL;
+    return wants_grad(bias) && !gin[2] ? BL_ERR : BL_OK;
+}
+
 static int conv_forward_backward(bl_node *node, bl_tensor *g, bl_tensor **gin) {
-    const bl_conv_geom *geom = node->ctx;
+    const conv_ctx *c = node->ctx;
     bl_tensor *x = node->inputs[0], *w = node->inputs[1], *bias = node->inputs[2];
-    if (wants_grad(x) && !(gin[0] = conv_backward_data(g, w, NULL, geom))) return BL_ERR;
-    if (bl_grad_enabled()) {
-        if (wants_grad(w) && !(gin[1] = conv_backward_weight(x, g, geom))) return BL_ERR;
-        if (wants_grad(bias) && !(gin[2] = channel_sum(g))) return BL_ERR;
-        return BL_OK;
-    }
-    /* First order only: the weight and bias gradients come from one kernel call, which with
-     * oneDNN reads dy once for both. */
-    if (wants_grad(w)) {
-        bl_tensor *dy = bl_contiguous(g);
-        bl_tensor *dw = bl_empty(w->dtype, w->ndim, w->shape);
-        bl_tensor *db = wants_grad(bias) ? bl_empty(bias->dtype, 1, bias->shape) : NULL;
-        if (!dy || !dw || (wants_grad(bias) && !db)) return BL_ERR;
-        BL_TRY(run_backward_weight(geom, dw, db, x, dy));
-        gin[1] = dw;
-        gin[2] = db;
-    } else if (wants_grad(bias) && !(gin[2] = channel_sum(g))) {
-        return BL_ERR;
-    }
+    if (!bl_grad_enabled()) return conv_forward_backward_fused(c, x, w, bias, g, gin);
+    if (wants_grad(x) && !(gin[0] = conv_backward_data(g, w, NULL, &c->geom))) return BL_ERR;
+    if (wants_grad(w) && !(gin[1] = conv_backward_weight(x, g, &c->geom))) return BL_ERR;
+    if (wants_grad(bias) && !(gin[2] = channel_sum(g))) return BL_ERR;
     return BL_OK;
 }
 
 static int conv_backward_data_backward(bl_node *node, bl_tensor *g, bl_tensor **gin) {
-    const bl_conv_geom *geom = node->ctx;
+    const bl_conv_geom *geom = &((const conv_ctx *)node->ctx)->geom;
     bl_tensor *dy = node->inputs[0], *w = node->inputs[1], *bias = node->inputs[2];
     if (wants_grad(dy) && !(gin[0] = conv_forward(g, w, NULL, geom))) return BL_ERR;
     if (wants_grad(w) && !(gin[1] = conv_backward_weight(g, dy, geom))) return BL_ERR;
@@ -213,7 +246,7 @@ static int conv_backward_data_backward(bl_node *node, bl_tensor *g, bl_tensor **
 }
 
 static int conv_backward_weight_backward(bl_node *node, bl_tensor *g, bl_tensor **gin) {
-    const bl_conv_geom *geom = node->ctx;
+    const bl_conv_geom *geom = &((const conv_ctx *)node->ctx)->geom;
     bl_tensor *x = node->inputs[0], *dy = node->inputs[1];
     if (wants_grad(x) && !(gin[0] = conv_backward_data(dy, g, NULL, geom))) return BL_ERR;
     if (wants_grad(dy) && !(gin[1] = conv_forward(x, g, NULL, geom))) return BL_ERR;
@@ -221,20 +254,38 @@ static int conv_backward_weight_backward(bl_node *node, bl_tensor *g, bl_tensor 
 }
 
 static void record(bl_tensor *out, const char *name, bl_backward_fn backward, int n, bl_tensor *const *inputs,
-                   const bl_conv_geom *g) {
-    bl_node *node = bl_autograd_record(out, name, backward, n, inputs, sizeof *g);
-    if (node) memcpy(node->ctx, g, sizeof *g);
+                   const conv_ctx *c) {
+    bl_node *node = bl_autograd_record(out, name, backward, n, inputs, sizeof *c);
+    if (node) memcpy(node->ctx, c, sizeof *c);
 }
 
 /* The ops below take shapes already checked against g; gradients may arrive as strided views. */
+
+/* Room for oneDNN's copy of x when the weight gradient will be needed, so that the backward
+ * pass does not reorder x a second time; NULL when there is nothing to gain. */
+static void *saved_input_room(const bl_conv_geom *g, bl_tensor *const *inputs) {
+#ifdef BALLAST_HAVE_ONEDNN
+    if (inputs[0]->dtype != BL_F32 || !wants_grad(inputs[1]) || !bl_autograd_needed(3, inputs) ||
+        choose_impl(BL_F32) != IMPL_ONEDNN)
+        return NULL;
+    size_t bytes = onednn_conv2d_saved_input_bytes(g, inputs[2] != NULL);
+    return bytes ? bl_arena_alloc(bytes) : NULL;
+#else
+    (void)g;
+    (void)inputs;
+    return NULL;
+#endif
+}
 
 static bl_tensor *conv_forward(bl_tensor *x, bl_tensor *w, bl_tensor *bias, const bl_conv_geom *g) {
     bl_tensor *xc = bl_contiguous(x), *wc = bl_contiguous(w), *bc = bias ? bl_contiguous(bias) : NULL;
     BL_NONNULL(xc, wc);
     if (bias && !bc) return NULL;
+    bl_tensor *inputs[3] = {xc, wc, bc};
+    conv_ctx c = {*g, saved_input_room(g, inputs), bc != NULL};
     bl_tensor *y = bl_empty(x->dtype, 4, (int64_t[]){g->N, g->O, g->OH, g->OW});
-    if (!y || run_forward(g, y, xc, wc, bc) != BL_OK) return NULL;
-    record(y, "conv2d", conv_forward_backward, 3, (bl_tensor *[]){xc, wc, bc}, g);
+    if (!y || run_pass(BL_CONV_FWD, g, y, NULL, xc, wc, bc, &c.saved_input) != BL_OK) return NULL;
+    record(y, "conv2d", conv_forward_backward, 3, inputs, &c);
     return y;
 }
 
@@ -243,8 +294,9 @@ static bl_tensor *conv_backward_data(bl_tensor *dy, bl_tensor *w, bl_tensor *bia
     BL_NONNULL(dyc, wc);
     if (bias && !bc) return NULL;
     bl_tensor *dx = bl_empty(dy->dtype, 4, (int64_t[]){g->N, g->C, g->H, g->W});
-    if (!dx || run_backward_data(g, dx, dyc, wc, bc) != BL_OK) return NULL;
-    record(dx, "conv2d_backward_data", conv_backward_data_backward, 3, (bl_tensor *[]){dyc, wc, bc}, g);
+    if (!dx || run_pass(BL_CONV_BWD_DATA, g, dx, NULL, dyc, wc, bc, NULL) != BL_OK) return NULL;
+    record(dx, "conv2d_backward_data", conv_backward_data_backward, 3, (bl_tensor *[]){dyc, wc, bc},
+           &(conv_ctx){.geom = *g});
     return dx;
 }
 
@@ -252,8 +304,9 @@ static bl_tensor *conv_backward_weight(bl_tensor *x, bl_tensor *dy, const bl_con
     bl_tensor *xc = bl_contiguous(x), *dyc = bl_contiguous(dy);
     BL_NONNULL(xc, dyc);
     bl_tensor *dw = bl_empty(x->dtype, 4, (int64_t[]){g->O, g->C / g->groups, g->KH, g->KW});
-    if (!dw || run_backward_weight(g, dw, NULL, xc, dyc) != BL_OK) return NULL;
-    record(dw, "conv2d_backward_weight", conv_backward_weight_backward, 2, (bl_tensor *[]){xc, dyc}, g);
+    if (!dw || run_pass(BL_CONV_BWD_WEIGHT, g, dw, NULL, xc, dyc, NULL, NULL) != BL_OK) return NULL;
+    record(dw, "conv2d_backward_weight", conv_backward_weight_backward, 2, (bl_tensor *[]){xc, dyc},
+           &(conv_ctx){.geom = *g});
     return dw;
 }
 

@@ -9,6 +9,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+/* ---- operands (defined in matmul.c) ---- */
+
 /* Whether the GEMM kernels can read t's last two dims (R, C) in place: row-major (*trans false,
  * *ld = row stride) or column-major (*trans true, *ld = column stride), as for a transposed view.
  * Batch dims may have any strides. False when a copy is needed. */
@@ -28,9 +30,14 @@ int bl__broadcast_batch(int n, bl_tensor *const *ts, int matrix_dims, int64_t *b
 void bl__batch_offsets(const bl_tensor *t, int matrix_dims, int batch_ndim, const int64_t *batch_shape,
                        int64_t *offsets);
 
-/* Row softmax kernels (in softmax.c), single-threaded: y (rows, D) = softmax of x (rows, D) along
- * each row, both contiguous; y may alias x. A row that is all -inf gives NaN, as in PyTorch. */
+/* ---- row softmax kernels (defined in softmax.c) ----
+ * Single-threaded, all arrays (rows, D) contiguous.
+ * Forward: y (=) softmax of x along each row; y may alias x. A row that is all -inf gives NaN, as
+ * in PyTorch. Backward: dx (=) y * (g - sum(g * y)) per row, from the forward's y and the gradient
+ * g of y; dx may alias g. */
 void cpu_softmax_rows_f32(int64_t rows, int64_t D, const float *x, float *y);
 void ref_softmax_rows_f64(int64_t rows, int64_t D, const double *x, double *y);
+void cpu_softmax_bwd_rows_f32(int64_t rows, int64_t D, const float *y, const float *g, float *dx);
+void ref_softmax_bwd_rows_f64(int64_t rows, int64_t D, const double *y, const double *g, double *dx);
 
 #endif

@@ -164,8 +164,7 @@ static void index_add_kernel(const index_select_args *args, void *dst, const voi
         }
 }
 
-/* Sorting lines: src (outer, n, inner) read along the middle dim; values and indices (outer, k,
- * inner) get the k best of each line, best first, and their positions in the line. */
+/* Sorting lines: the shapes of topk_kernel below. */
 typedef struct {
     int64_t outer, n, inner, k;
     bool largest; /* best = largest values; else smallest */
@@ -301,11 +300,13 @@ static int max_threads(void) {
  * share one. */
 static int64_t topk_scratch_per_thread(int64_t n) { return (2 * n + 3) / 4 * 4; }
 
-/* src, values: F32, or F64 when `f64`; all contiguous. scratch: max_threads() blocks of
- * topk_scratch_per_thread(n) elements. */
+/* values (outer, k, inner) = the k best of each line of src (outer, n, inner) along the middle dim,
+ * best first; indices (outer, k, inner) = their positions in the line. src and values are F32, or
+ * F64 when `f64`; all contiguous. scratch: max_threads() blocks of topk_scratch_per_thread(n). */
 static void topk_kernel(const topk_args *args, const void *src, void *values, int64_t *indices, bool f64,
                         ranked *scratch) {
     const int64_t n = args->n, k = args->k, inner = args->inner, lines = args->outer * inner;
+    if (k == 0) return;
     /* A heap pays off while k is a small part of the line; beyond that, sort it all, by radix once
      * the line is long enough to amortize the digit counts (measured crossover about 100). */
     const bool use_heap = k <= n / 16, use_radix = n >= 128;

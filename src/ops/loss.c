@@ -83,7 +83,9 @@ static inline double row_coefficient_sum(const class_targets *ct, int64_t t) {
            ct->smoothing / (double)ct->lay.classes * ct->weight_sum;
 }
 
-/* Checks input, target and options of a class-index loss and fills ct. */
+/* Checks input, target and options of a class-index loss and fills ct. Class weights are read as
+ * constants (torch does not differentiate them either). ct->target points into `target`, or into a
+ * contiguous copy, and is read again by the backward pass, like any input an op keeps. */
 static int prepare_class_targets(const char *op, const bl_tensor *input, const bl_tensor *target,
                                  const bl_ce_args *args, class_targets *ct) {
     BL_CHECK_RC(bl_dtype_is_float(input->dtype), "%s: input must be F32 or F64, got %s", op,
@@ -186,6 +188,7 @@ static bl_tensor *row_gradient(bl_tensor *g, const class_targets *ct, bl_reducti
     return reduction == BL_REDUCE_NONE ? bl_unsqueeze(g, ct->lay.class_dim) : g;
 }
 
+/* The factor MEAN applies to every row's loss (1 / W); 1 for the other reductions. */
 static double reduction_scale(const class_targets *ct, bl_reduction reduction) {
     return reduction == BL_REDUCE_MEAN ? 1.0 / ct->total_weight : 1.0;
 }

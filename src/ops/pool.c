@@ -12,6 +12,7 @@
  *    indices: its gradient scatters into a zero plane, and the gradient of that scatter is the
  *    gather again. */
 #include "ballast/ops.h"
+#include "ballast/profile.h"
 
 #include "core/internal.h"
 
@@ -159,12 +160,14 @@ static bl_tensor *window_average(bl_tensor *x, const average_ctx *c) {
     int64_t shape[4] = {x->shape[0], x->shape[1], c->adjoint ? p->H : p->OH, c->adjoint ? p->W : p->OW};
     bl_tensor *y = bl_empty(x->dtype, 4, shape);
     if (!y) return NULL;
+    const char *name = c->adjoint ? c->adjoint_name : c->name;
+    double t0 = bl_profile_start();
     if (x->dtype == BL_F32)
         (c->adjoint ? window_average_adjoint_f32 : window_average_f32)(p, y->data, xc->data);
     else
         (c->adjoint ? window_average_adjoint_f64 : window_average_f64)(p, y->data, xc->data);
-    bl_node *node = bl_autograd_record(y, c->adjoint ? c->adjoint_name : c->name, window_average_backward, 1, &xc,
-                                       sizeof *c);
+    bl_profile_stop(name, t0, 0);
+    bl_node *node = bl_autograd_record(y, name, window_average_backward, 1, &xc, sizeof *c);
     if (node) *(average_ctx *)node->ctx = *c;
     return y;
 }
@@ -188,10 +191,12 @@ static bl_tensor *plane_gather(bl_tensor *x, const argmax_ctx *c) {
     int64_t shape[4] = {x->shape[0], x->shape[1], c->scatter ? p->H : p->OH, c->scatter ? p->W : p->OW};
     bl_tensor *y = bl_empty(x->dtype, 4, shape);
     if (!y) return NULL;
+    double t0 = bl_profile_start();
     if (x->dtype == BL_F32)
         plane_gather_f32(p, c->argmax, y->data, xc->data, c->scatter);
     else
         plane_gather_f64(p, c->argmax, y->data, xc->data, c->scatter);
+    bl_profile_stop(c->scatter ? c->scatter_name : c->name, t0, 0);
     record_argmax(y, xc, c);
     return y;
 }
@@ -215,10 +220,12 @@ static bl_tensor *window_max(bl_tensor *x, window_plan *p, const char *name, con
     bl_tensor *y = bl_empty(x->dtype, 4, (int64_t[]){x->shape[0], x->shape[1], p->OH, p->OW});
     int32_t *argmax = bl_arena_alloc((size_t)(p->planes * p->OH * p->OW) * sizeof *argmax);
     if (!xc || !y || !argmax) return NULL;
+    double t0 = bl_profile_start();
     if (x->dtype == BL_F32)
         window_max_f32(p, y->data, argmax, xc->data);
     else
         window_max_f64(p, y->data, argmax, xc->data);
+    bl_profile_stop(name, t0, 0);
     argmax_ctx c = {p, argmax, false, name, scatter_name};
     record_argmax(y, xc, &c);
     return y;

@@ -18,9 +18,9 @@ bl_tensor *bl_l2_normalize(bl_tensor *x, int dim, double eps) {
     BL_NONNULL(x);
     BL_CHECK(bl_dtype_is_float(x->dtype), "l2_normalize: needs an F32 or F64 tensor, got %s", bl_dtype_name(x->dtype));
     BL_CHECK(eps >= 0, "l2_normalize: eps %g is negative", eps);
-    int d = bl_wrap_dim(x, dim);
-    if (d < 0) return NULL;
-    return bl_div(x, clamped_norm(x, d, eps));
+    BL_CHECK(dim >= -x->ndim && dim < x->ndim, "l2_normalize: dim %d is out of range for shape %s", dim,
+             bl__shape(x));
+    return bl_div(x, clamped_norm(x, dim < 0 ? dim + x->ndim : dim, eps));
 }
 
 /* a and b broadcast to a common shape, in which dim is counted. Each is normalised with its own
@@ -35,9 +35,9 @@ bl_tensor *bl_cosine_similarity(bl_tensor *a, bl_tensor *b, int dim, double eps)
     int ndim;
     int64_t shape[BL_MAX_DIMS];
     if (bl__broadcast_shape("cosine_similarity", a, b, &ndim, shape) != BL_OK) return NULL;
+    BL_CHECK(dim >= -ndim && dim < ndim, "cosine_similarity: dim %d is out of range for shapes %s and %s", dim,
+             bl__shape(a), bl__shape(b));
+    const int d = dim < 0 ? dim + ndim : dim;
     bl_tensor *ae = bl_expand(a, ndim, shape), *be = bl_expand(b, ndim, shape);
-    BL_NONNULL(ae, be);
-    int d = bl_wrap_dim(ae, dim);
-    if (d < 0) return NULL;
     return bl_sum_dim(bl_mul(bl_l2_normalize(ae, d, eps), bl_l2_normalize(be, d, eps)), d, false);
 }

@@ -61,6 +61,10 @@ void ref_softmax_rows_f64(int64_t rows, int64_t D, const double *x, double *y) {
     ref_softmax_fwd_f64(rows, D, 1, x, y, false);
 }
 
+void ref_softmax_bwd_rows_f64(int64_t rows, int64_t D, const double *y, const double *g, double *dx) {
+    ref_softmax_bwd_f64(rows, D, 1, y, g, dx, false);
+}
+
 /* ---- fast F32 row kernels (inner == 1) --------------------------------------------------------- */
 
 typedef float v8f __attribute__((vector_size(32)));
@@ -139,10 +143,14 @@ static float exp_sum(const float *x, int64_t D, float shift, float *e) {
     return sum_lanes(sum);
 }
 
+/* The elementwise sweeps below are written with explicit vectors: their arrays may alias, which
+ * keeps the compiler from vectorizing them on its own. */
 void cpu_softmax_rows_f32(int64_t rows, int64_t D, const float *x, float *y) {
     for (int64_t r = 0; r < rows; r++, x += D, y += D) {
         float inv_sum = 1.0f / exp_sum(x, D, row_max(x, D), y);
-        for (int64_t j = 0; j < D; j++) y[j] *= inv_sum;
+        int64_t j = 0;
+        for (; j + 8 <= D; j += 8) *(v8f_unaligned *)(y + j) *= inv_sum;
+        for (; j < D; j++) y[j] *= inv_sum;
     }
 }
 
@@ -150,19 +158,23 @@ static void cpu_log_softmax_rows_f32(int64_t rows, int64_t D, const float *x, fl
     for (int64_t r = 0; r < rows; r++, x += D, y += D) {
         float max = row_max(x, D), log_sum = logf(exp_sum(x, D, max, NULL));
         /* (x - max) first: it is exact for the large entries, where max + log_sum would round. */
-        for (int64_t j = 0; j < D; j++) y[j] = (x[j] - max) - log_sum;
+        int64_t j = 0;
+        for (; j + 8 <= D; j += 8) *(v8f_unaligned *)(y + j) = (*(const v8f_unaligned *)(x + j) - max) - log_sum;
+        for (; j < D; j++) y[j] = (x[j] - max) - log_sum;
     }
 }
 
-/* dx (rows, D) = y * (g - sum(g * y)) per row. */
-static void cpu_softmax_bwd_rows_f32(int64_t rows, int64_t D, const float *y, const float *g, float *dx) {
+/* dx (rows, D) = y * (g - sum(g * y)) per row; dx may alias g. */
+void cpu_softmax_bwd_rows_f32(int64_t rows, int64_t D, const float *y, const float *g, float *dx) {
     for (int64_t r = 0; r < rows; r++, y += D, g += D, dx += D) {
         v8f acc = (v8f){0};
         int64_t j = 0;
         for (; j + 8 <= D; j += 8) acc += *(const v8f_unaligned *)(g + j) * *(const v8f_unaligned *)(y + j);
         float dot = sum_lanes(acc);
         for (; j < D; j++) dot += g[j] * y[j];
-        for (j = 0; j < D; j++) dx[j] = y[j] * (g[j] - dot);
+        for (j = 0; j + 8 <= D; j += 8)
+            *(v8f_unaligned *)(dx + j) = *(const v8f_unaligned *)(y + j) * (*(const v8f_unaligned *)(g + j) - dot);
+        for (; j < D; j++) dx[j] = y[j] * (g[j] - dot);
     }
 }
 

@@ -10,6 +10,7 @@
  * floor(o * in / out); bilinear reads source position o * (in - 1) / (out - 1) with align_corners,
  * else (o + 0.5) * in / out - 0.5 clamped at 0. */
 #include "ballast/ops.h"
+#include "ballast/profile.h"
 
 #include "core/internal.h"
 
@@ -135,12 +136,14 @@ static bl_tensor *resample(bl_tensor *x, const resample_ctx *c) {
     int64_t shape[4] = {x->shape[0], x->shape[1], c->adjoint ? p->H : p->OH, c->adjoint ? p->W : p->OW};
     bl_tensor *y = bl_empty(x->dtype, 4, shape);
     if (!y) return NULL;
+    const char *name = c->adjoint ? c->adjoint_name : c->name;
+    double t0 = bl_profile_start();
     if (x->dtype == BL_F32)
         (c->adjoint ? resample_adjoint_f32 : resample_f32)(p, y->data, xc->data);
     else
         (c->adjoint ? resample_adjoint_f64 : resample_f64)(p, y->data, xc->data);
-    bl_node *node =
-        bl_autograd_record(y, c->adjoint ? c->adjoint_name : c->name, resample_backward, 1, &xc, sizeof *c);
+    bl_profile_stop(name, t0, 0);
+    bl_node *node = bl_autograd_record(y, name, resample_backward, 1, &xc, sizeof *c);
     if (node) *(resample_ctx *)node->ctx = *c;
     return y;
 }

@@ -29,7 +29,6 @@ typedef struct {
 
 struct bl_optim_work {
     chunk *chunks;
-    int max_chunks;
     sgd_update_args *sgd;   /* per entry, for the current step */
     adam_update_args *adam; /* per entry */
 };
@@ -108,7 +107,6 @@ int bl_optimizer_init(bl_optimizer *opt, bl_params *ps, bl_optim_config cfg) {
     opt->entry_steps = calloc((size_t)ps->count + 1, sizeof *opt->entry_steps);
     bool ok = opt->work && opt->entry_steps;
     if (ok) {
-        opt->work->max_chunks = max_chunks;
         opt->work->chunks = malloc(((size_t)max_chunks + 1) * sizeof(chunk));
         if (adam)
             opt->work->adam = malloc(((size_t)ps->count + 1) * sizeof(adam_update_args));
@@ -183,8 +181,11 @@ static int plan_step(bl_optimizer *opt, int64_t *total) {
 
 int bl_optimizer_step(bl_optimizer *opt) {
     BL_CHECK_RC(opt && opt->params && opt->work, "bl_optimizer_step: optimizer not initialized");
-    const char *name = kind_name(opt->cfg.kind);
-    BL_CHECK_RC(opt->cfg.lr >= 0 && isfinite(opt->cfg.lr), "%s: invalid learning rate %g", name, opt->cfg.lr);
+    /* hyper-parameters may have been changed since init */
+    BL_TRY(validate_config(&opt->cfg));
+    BL_CHECK_RC((opt->cfg.kind != BL_SGD) == (opt->state2 != NULL), "optimizer: kind changed after init");
+    BL_CHECK_RC(opt->cfg.kind != BL_SGD || opt->cfg.momentum == 0 || opt->state1,
+                "sgd: momentum %g set after an init without momentum (no buffers)", opt->cfg.momentum);
     int64_t total;
     int nc = plan_step(opt, &total);
     opt->step++;

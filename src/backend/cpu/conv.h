@@ -35,17 +35,36 @@ void cpu_channel_sum_f32(int64_t N, int64_t C, int64_t HW, float *sums, const fl
 
 #ifdef BALLAST_HAVE_ONEDNN
 /* The same three passes on oneDNN. onednn_conv2d_prepare builds (or finds) the cached primitive
- * for this pass of g and gives the bytes of scratch its kernel needs; it returns BL_ERR with an
- * error set when oneDNN cannot run this convolution. The kernels must only be called after a
- * successful prepare of the same geometry, pass and bias choice; they return BL_ERR (with an error
- * set) when oneDNN fails. Not thread-safe: call them from one thread, as the ops do. */
+ * for this pass of g and gives the bytes of scratch its kernel needs; it returns BL_ERR, without
+ * setting an error, when oneDNN cannot run this convolution (the caller then uses im2col). The
+ * kernels must only be called after a successful prepare of the same geometry, pass and bias
+ * choice; they return BL_ERR (with an error set) when oneDNN fails. Not thread-safe: call them
+ * from one thread, as the ops do. */
 int onednn_conv2d_prepare(const bl_conv_geom *g, bl_conv_pass pass, bool with_bias, size_t *workspace);
+/* saved_input: NULL, or onednn_conv2d_saved_input_bytes(g, bias != NULL) bytes where the
+ * forward pass leaves its reordered copy of x for the backward pass (see onednn_conv2d_bwd_f32). */
 int onednn_conv2d_fwd_f32(const bl_conv_geom *g, float *y, const float *x, const float *w, const float *bias,
-                          void *work);
+                          void *saved_input, void *work);
 int onednn_conv2d_bwd_data_f32(const bl_conv_geom *g, float *dx, const float *dy, const float *w, const float *bias,
                                void *work);
 int onednn_conv2d_bwd_weight_f32(const bl_conv_geom *g, float *dw, float *db, const float *x, const float *dy,
                                  void *work);
+
+/* Bytes of the reordered copy of x that a forward pass (with or without bias) can leave for the
+ * backward-weight pass, or 0 when they would not share it (then there is nothing to save). */
+size_t onednn_conv2d_saved_input_bytes(const bl_conv_geom *g, bool with_bias);
+typedef struct {
+    const void *data;  /* the copy a forward pass left, or NULL */
+    bool with_bias;    /* whether that forward pass had a bias */
+} onednn_saved_input;
+
+/* Both backward passes of a convolution from one reorder of dy: dx (when not NULL), and dw with
+ * db (O) (when dw is not NULL; db may be NULL). The weight pass reads x's copy from `saved` (may
+ * be NULL) instead of reordering x again when the layouts agree. Scratch: the bytes
+ * onednn_conv2d_bwd_prepare gives for the same g and bias choice. */
+int onednn_conv2d_bwd_prepare(const bl_conv_geom *g, bool with_bias, size_t *workspace);
+int onednn_conv2d_bwd_f32(const bl_conv_geom *g, float *dx, float *dw, float *db, const float *dy, const float *w,
+                          const float *x, const onednn_saved_input *saved, void *work);
 /* Frees every cached primitive (for leak checkers and tests). */
 void onednn_conv_release_all(void);
 #endif

@@ -27,7 +27,9 @@ static int image_threads(const bl_conv_geom *g) {
     return g->N >= t ? t : 1;
 }
 
-static int64_t round_to_line(int64_t floats) { return (floats + FLOATS_PER_LINE - 1) / FLOATS_PER_LINE * FLOATS_PER_LINE; }
+static int64_t round_to_line(int64_t floats) {
+    return (floats + FLOATS_PER_LINE - 1) / FLOATS_PER_LINE * FLOATS_PER_LINE;
+}
 
 static int64_t col_floats(const bl_conv_geom *g) {
     return is_pointwise(g) ? 0 : round_to_line(g->C * g->KH * g->KW * g->OH * g->OW);

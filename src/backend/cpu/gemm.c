@@ -1,12 +1,16 @@
-/* CPU GEMM (see gemm.h): OpenBLAS for large products, and a small register-blocked kernel for
- * small products and for calls from inside a parallel region.
+/* CPU GEMM (see gemm.h): OpenBLAS, plus a small register-blocked kernel for tiny products, where
+ * OpenBLAS's per-call setup (and, from many threads at once, its buffer allocation lock) costs
+ * more than the arithmetic.
  *
  * The own kernel follows the usual BLIS/GotoBLAS shape, minus the packing of A: op(B) is copied
  * into a thread-local buffer as panels of NR columns (zero-padded, so every panel is full), and a
  * micro-kernel keeps an MR x NR tile of C in registers while it walks K, broadcasting one element
  * of op(A) per row and multiplying it with two 8-wide vectors of the panel. MR x NR = 6 x 16 uses
  * 12 accumulators + 2 panel vectors + 1 broadcast = 15 of the 16 AVX2 registers. Written with
- * GCC vector extensions, so the same code compiles to FMA on AVX2 and to plain SSE elsewhere. */
+ * GCC vector extensions, so the same code compiles to FMA on AVX2 and to plain SSE elsewhere.
+ *
+ * OpenBLAS is the OpenMP build: called from inside an active parallel region it runs on the
+ * calling thread only, so spreading a batch of products over our threads never oversubscribes. */
 #include "backend/cpu/gemm.h"
 
 #include <cblas.h>
@@ -21,22 +25,13 @@
 #define KC 256 /* K block: one 6 x KC slice of A stays in L1 while the panels stream from L2 */
 #define NC 128 /* N block: KC x NC floats = 128 KiB of packed B per thread */
 
-/* Products with at most this many multiply-adds skip OpenBLAS: its setup and thread wake-up cost
- * more than the arithmetic. */
-#define SMALL_GEMM_WORK (48 * 48 * 48)
+/* Products with at most this many multiply-adds use the own kernel (measured crossover). */
+#define TINY_GEMM_WORK (20 * 20 * 20)
 
 typedef float v8f __attribute__((vector_size(32)));
 typedef float v8f_unaligned __attribute__((vector_size(32), aligned(4)));
 
 static _Thread_local float packed_b[KC * NC] __attribute__((aligned(64)));
-
-static bool in_parallel(void) {
-#ifdef _OPENMP
-    return omp_in_parallel();
-#else
-    return false;
-#endif
-}
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -141,7 +136,7 @@ void bl_gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
         SCALE_C(C, M, N, ldc, beta);
         return;
     }
-    if (in_parallel() || M * N * K <= SMALL_GEMM_WORK) {
+    if (M * N * K <= TINY_GEMM_WORK) {
         sgemm_blocked(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
@@ -149,27 +144,11 @@ void bl_gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
                 (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
 }
 
-/* Double precision serves gradient checks and tests, so it only needs to be right: a plain loop
- * on the calling thread inside parallel regions, OpenBLAS otherwise. */
-static void dgemm_loop(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double *A,
-                       int64_t lda, const double *B, int64_t ldb, double beta, double *C, int64_t ldc) {
-    SCALE_C(C, M, N, ldc, beta);
-    for (int64_t i = 0; i < M; i++)
-        for (int64_t k = 0; k < K; k++) {
-            double a = alpha * (ta ? A[k * lda + i] : A[i * lda + k]);
-            for (int64_t j = 0; j < N; j++) C[i * ldc + j] += a * (tb ? B[j * ldb + k] : B[k * ldb + j]);
-        }
-}
-
 void bl_gemm_f64(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double *A,
                  int64_t lda, const double *B, int64_t ldb, double beta, double *C, int64_t ldc) {
     if (M == 0 || N == 0) return;
     if (K == 0 || alpha == 0.0) {
         SCALE_C(C, M, N, ldc, beta);
-        return;
-    }
-    if (in_parallel()) {
-        dgemm_loop(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
     cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)M, (int)N,
@@ -180,13 +159,14 @@ static int64_t batch_offset(const int64_t *offsets, int64_t stride, int64_t i) {
     return offsets ? offsets[i] : i * stride;
 }
 
-/* Spreading products over threads beats running each on all threads as long as there are enough
- * of them to keep every thread busy and each is small enough that one thread finishes it quickly. */
+/* Spreading products over threads (each then single-threaded) beats running each on all threads
+ * as long as there are enough of them to keep every thread busy and each is small enough that one
+ * thread finishes it quickly. */
 #define SPREAD_GEMM_WORK (256 * 256 * 256)
 
 static bool spread_over_threads(const bl_gemm_batch *g) {
 #ifdef _OPENMP
-    if (g->batch < 2 || in_parallel() || omp_get_max_threads() < 2) return false;
+    if (g->batch < 2 || omp_in_parallel() || omp_get_max_threads() < 2) return false;
     return g->M * g->N * g->K <= SPREAD_GEMM_WORK || g->batch >= 4 * omp_get_max_threads();
 #else
     (void)g;
@@ -196,14 +176,7 @@ static bool spread_over_threads(const bl_gemm_batch *g) {
 
 void bl_gemm_batched_f32(const bl_gemm_batch *g, float alpha, const float *A, const float *B, float beta,
                          float *C) {
-    if (spread_over_threads(g)) {
-#pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < g->batch; i++)
-            bl_gemm_f32(g->ta, g->tb, g->M, g->N, g->K, alpha, A + batch_offset(g->a_offset, g->a_stride, i),
-                        g->lda, B + batch_offset(g->b_offset, g->b_stride, i), g->ldb, beta,
-                        C + batch_offset(g->c_offset, g->c_stride, i), g->ldc);
-        return;
-    }
+#pragma omp parallel for schedule(static) if (spread_over_threads(g))
     for (int64_t i = 0; i < g->batch; i++)
         bl_gemm_f32(g->ta, g->tb, g->M, g->N, g->K, alpha, A + batch_offset(g->a_offset, g->a_stride, i), g->lda,
                     B + batch_offset(g->b_offset, g->b_stride, i), g->ldb, beta,
@@ -212,6 +185,7 @@ void bl_gemm_batched_f32(const bl_gemm_batch *g, float alpha, const float *A, co
 
 void bl_gemm_batched_f64(const bl_gemm_batch *g, double alpha, const double *A, const double *B, double beta,
                          double *C) {
+#pragma omp parallel for schedule(static) if (spread_over_threads(g))
     for (int64_t i = 0; i < g->batch; i++)
         bl_gemm_f64(g->ta, g->tb, g->M, g->N, g->K, alpha, A + batch_offset(g->a_offset, g->a_stride, i), g->lda,
                     B + batch_offset(g->b_offset, g->b_stride, i), g->ldb, beta,

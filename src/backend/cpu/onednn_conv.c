@@ -7,7 +7,9 @@
  * one, so each (geometry, pass, bias) keeps its primitive, its reorders and its memory objects
  * in a small cache; the memory objects only change data pointers between calls. The reordered
  * copies and oneDNN's own scratchpad live in the workspace the caller passes, so nothing is
- * allocated per call. */
+ * allocated per call. In training, the forward pass can leave its reordered x in caller memory
+ * for the weight gradient, and the fused backward reorders dy once for both of its passes: four
+ * activation reorders per convolution and step instead of six. */
 #include "conv.h"
 
 #include "ballast/tensor.h"
@@ -257,25 +259,50 @@ static entry *find_or_build(const bl_conv_geom *g, bl_conv_pass pass, bool with_
 }
 
 int onednn_conv2d_prepare(const bl_conv_geom *g, bl_conv_pass pass, bool with_bias, size_t *workspace) {
-    entry *e = find_or_build(g, pass, with_bias);
+    /* Backward-data has no bias in oneDNN; the transposed convolution's bias is added afterwards. */
+    entry *e = find_or_build(g, pass, with_bias && pass != BL_CONV_BWD_DATA);
     if (!e) return BL_ERR;
     *workspace = e->workspace;
     return BL_OK;
 }
 
-/* Runs e on the caller's buffers (one per slot, in slot order), reordering on the way in and out. */
-static int run(const bl_conv_geom *g, bl_conv_pass pass, bool with_bias, void *const *buffers, void *work) {
-    entry *e = find_or_build(g, pass, with_bias);
-    if (!e) {
-        bl_set_error("conv2d: oneDNN has no primitive for this convolution (run without a successful prepare)");
-        return BL_ERR;
-    }
+/* Where one argument of a call lives: the caller's buffer in the plain layout and, optionally
+ * (for an argument the primitive wants reordered), where its reordered copy goes instead of the
+ * workspace; `ready` says that copy is already filled, so the reorder is skipped. */
+typedef struct {
+    int arg;
+    void *plain;
+    void *blocked;
+    bool ready;
+} arg_buffer;
+
+static slot *find_slot(entry *e, int arg) {
+    for (int i = 0; i < e->n_slots; i++)
+        if (e->slots[i].arg == arg) return &e->slots[i];
+    return NULL;
+}
+
+/* Where slot s's reordered copy lives in this call. */
+static void *blocked_copy(const slot *s, const arg_buffer *b, void *work) {
+    return b->blocked ? b->blocked : (char *)work + s->offset;
+}
+
+/* Runs e on the buffers (one per slot, any order), reordering on the way in and out. */
+static int run(entry *e, int n_buffers, const arg_buffer *buffers, void *work) {
+    const arg_buffer *of_slot[MAX_SLOTS];
     dnnl_exec_arg_t args[MAX_SLOTS + 1];
     int n_args = 0;
     for (int i = 0; i < e->n_slots; i++) {
         slot *s = &e->slots[i];
-        DNNL_TRY(dnnl_memory_set_data_handle(s->user, buffers[i]));
-        if (s->reorder) DNNL_TRY(dnnl_memory_set_data_handle(s->prim, (char *)work + s->offset));
+        of_slot[i] = NULL;
+        for (int j = 0; j < n_buffers; j++)
+            if (buffers[j].arg == s->arg) of_slot[i] = &buffers[j];
+        if (!of_slot[i]) {
+            bl_set_error("conv2d: oneDNN argument %d was not given", s->arg);
+            return BL_ERR;
+        }
+        DNNL_TRY(dnnl_memory_set_data_handle(s->user, of_slot[i]->plain));
+        if (s->reorder) DNNL_TRY(dnnl_memory_set_data_handle(s->prim, blocked_copy(s, of_slot[i], work)));
         args[n_args++] = (dnnl_exec_arg_t){s->arg, s->prim};
     }
     if (e->scratchpad) {
@@ -284,7 +311,7 @@ static int run(const bl_conv_geom *g, bl_conv_pass pass, bool with_bias, void *c
     }
     for (int i = 0; i < e->n_slots; i++) {
         slot *s = &e->slots[i];
-        if (!s->reorder || s->output) continue;
+        if (!s->reorder || s->output || of_slot[i]->ready) continue;
         dnnl_exec_arg_t r[2] = {{DNNL_ARG_FROM, s->user}, {DNNL_ARG_TO, s->prim}};
         DNNL_TRY(dnnl_primitive_execute(s->reorder, cache.stream, 2, r));
     }
@@ -302,30 +329,106 @@ fail:
     return BL_ERR;
 }
 
+static entry *prepared(const bl_conv_geom *g, bl_conv_pass pass, bool with_bias) {
+    entry *e = find_or_build(g, pass, with_bias);
+    if (!e) bl_set_error("conv2d: oneDNN has no primitive for this convolution (run without a successful prepare)");
+    return e;
+}
+
+/* True when both slots reorder into the same layout, so one reordered copy serves both. */
+static bool share_layout(const slot *a, const slot *b) {
+    if (!a || !b || !a->reorder || !b->reorder) return false;
+    const dnnl_memory_desc_t *ma, *mb;
+    if (dnnl_memory_get_memory_desc(a->prim, &ma) != dnnl_success ||
+        dnnl_memory_get_memory_desc(b->prim, &mb) != dnnl_success)
+        return false;
+    return dnnl_memory_desc_equal(ma, mb);
+}
+
+size_t onednn_conv2d_saved_input_bytes(const bl_conv_geom *g, bool with_bias) {
+    entry *fwd = find_or_build(g, BL_CONV_FWD, with_bias), *bwd = find_or_build(g, BL_CONV_BWD_WEIGHT, false);
+    if (!fwd || !bwd) return 0;
+    slot *from = find_slot(fwd, DNNL_ARG_SRC);
+    if (!share_layout(from, find_slot(bwd, DNNL_ARG_SRC))) return 0;
+    const dnnl_memory_desc_t *md;
+    return dnnl_memory_get_memory_desc(from->prim, &md) == dnnl_success ? dnnl_memory_desc_get_size(md) : 0;
+}
+
 int onednn_conv2d_fwd_f32(const bl_conv_geom *g, float *y, const float *x, const float *w, const float *bias,
-                          void *work) {
-    void *with_bias[4] = {(void *)x, (void *)w, (void *)bias, y}, *without[3] = {(void *)x, (void *)w, y};
-    return run(g, BL_CONV_FWD, bias != NULL, bias ? with_bias : without, work);
+                          void *saved_input, void *work) {
+    entry *e = prepared(g, BL_CONV_FWD, bias != NULL);
+    if (!e) return BL_ERR;
+    arg_buffer b[4] = {{DNNL_ARG_SRC, (void *)x, saved_input, false},
+                       {DNNL_ARG_WEIGHTS, (void *)w, NULL, false},
+                       {DNNL_ARG_DST, y, NULL, false},
+                       {DNNL_ARG_BIAS, (void *)bias, NULL, false}};
+    return run(e, bias ? 4 : 3, b, work);
+}
+
+/* The transposed convolution's bias: oneDNN's backward-data has none, so it is one more pass. */
+static void add_channel_bias(const bl_conv_geom *g, float *dx, const float *bias) {
+    int64_t hw = g->H * g->W;
+#pragma omp parallel for schedule(static)
+    for (int64_t plane = 0; plane < g->N * g->C; plane++)
+        for (int64_t i = 0; i < hw; i++) dx[plane * hw + i] += bias[plane % g->C];
 }
 
 int onednn_conv2d_bwd_data_f32(const bl_conv_geom *g, float *dx, const float *dy, const float *w, const float *bias,
                                void *work) {
-    void *buffers[3] = {(void *)dy, (void *)w, dx};
-    if (run(g, BL_CONV_BWD_DATA, false, buffers, work) != BL_OK) return BL_ERR;
-    if (bias) {
-        /* oneDNN's backward-data has no bias; the transposed convolution's bias is one more pass. */
-        int64_t hw = g->H * g->W;
-#pragma omp parallel for schedule(static)
-        for (int64_t plane = 0; plane < g->N * g->C; plane++)
-            for (int64_t i = 0; i < hw; i++) dx[plane * hw + i] += bias[plane % g->C];
-    }
+    entry *e = prepared(g, BL_CONV_BWD_DATA, false);
+    if (!e) return BL_ERR;
+    arg_buffer b[3] = {{DNNL_ARG_DIFF_DST, (void *)dy, NULL, false},
+                       {DNNL_ARG_WEIGHTS, (void *)w, NULL, false},
+                       {DNNL_ARG_DIFF_SRC, dx, NULL, false}};
+    if (run(e, 3, b, work) != BL_OK) return BL_ERR;
+    if (bias) add_channel_bias(g, dx, bias);
     return BL_OK;
 }
 
 int onednn_conv2d_bwd_weight_f32(const bl_conv_geom *g, float *dw, float *db, const float *x, const float *dy,
                                  void *work) {
-    void *with_bias[4] = {(void *)x, (void *)dy, dw, db}, *without[3] = {(void *)x, (void *)dy, dw};
-    return run(g, BL_CONV_BWD_WEIGHT, db != NULL, db ? with_bias : without, work);
+    entry *e = prepared(g, BL_CONV_BWD_WEIGHT, db != NULL);
+    if (!e) return BL_ERR;
+    arg_buffer b[4] = {{DNNL_ARG_SRC, (void *)x, NULL, false},
+                       {DNNL_ARG_DIFF_DST, (void *)dy, NULL, false},
+                       {DNNL_ARG_DIFF_WEIGHTS, dw, NULL, false},
+                       {DNNL_ARG_DIFF_BIAS, db, NULL, false}};
+    return run(e, db ? 4 : 3, b, work);
+}
+
+int onednn_conv2d_bwd_prepare(const bl_conv_geom *g, bool with_bias, size_t *workspace) {
+    size_t data_bytes, weight_bytes;
+    if (onednn_conv2d_prepare(g, BL_CONV_BWD_DATA, false, &data_bytes) != BL_OK ||
+        onednn_conv2d_prepare(g, BL_CONV_BWD_WEIGHT, with_bias, &weight_bytes) != BL_OK)
+        return BL_ERR;
+    *workspace = align_up(data_bytes) + weight_bytes;
+    return BL_OK;
+}
+
+int onednn_conv2d_bwd_f32(const bl_conv_geom *g, float *dx, float *dw, float *db, const float *dy, const float *w,
+                          const float *x, const onednn_saved_input *saved, void *work) {
+    entry *data = prepared(g, BL_CONV_BWD_DATA, false), *weight = prepared(g, BL_CONV_BWD_WEIGHT, db != NULL);
+    if (!data || !weight) return BL_ERR;
+    /* Backward-data runs first and leaves dy's reordered copy in its part of the workspace; the
+     * weight pass reads it there when the layouts agree, and works in the part after it. */
+    void *weight_work = (char *)work + align_up(data->workspace);
+    slot *dy_data = find_slot(data, DNNL_ARG_DIFF_DST);
+    bool share_dy = dx && share_layout(dy_data, find_slot(weight, DNNL_ARG_DIFF_DST));
+    if (dx) {
+        arg_buffer b[3] = {{DNNL_ARG_DIFF_DST, (void *)dy, NULL, false},
+                           {DNNL_ARG_WEIGHTS, (void *)w, NULL, false},
+                           {DNNL_ARG_DIFF_SRC, dx, NULL, false}};
+        if (run(data, 3, b, work) != BL_OK) return BL_ERR;
+    }
+    if (!dw) return BL_OK;
+    /* The forward pass's copy of x serves if its primitive chose the layout this one wants. */
+    entry *fwd = saved && saved->data ? find_or_build(g, BL_CONV_FWD, saved->with_bias) : NULL;
+    bool share_x = fwd && share_layout(find_slot(fwd, DNNL_ARG_SRC), find_slot(weight, DNNL_ARG_SRC));
+    arg_buffer b[4] = {{DNNL_ARG_SRC, (void *)x, share_x ? (void *)saved->data : NULL, share_x},
+                       {DNNL_ARG_DIFF_DST, (void *)dy, share_dy ? (char *)work + dy_data->offset : NULL, share_dy},
+                       {DNNL_ARG_DIFF_WEIGHTS, dw, NULL, false},
+                       {DNNL_ARG_DIFF_BIAS, db, NULL, false}};
+    return run(weight, db ? 4 : 3, b, weight_work);
 }
 
 void onednn_conv_release_all(void) {
