@@ -29,7 +29,8 @@ typedef struct {
     int count, cap;
     float *data;            /* trainable values, packed in registration order (after finalize) */
     float *grad;            /* their gradients, same layout */
-    size_t numel;           /* elements in data/grad */
+    size_t numel;           /* elements in data/grad, including zero padding that keeps each
+                             * parameter 64-byte aligned */
     bool finalized;
 } bl_params;
 
@@ -39,7 +40,8 @@ void bl_params_free(bl_params *ps);
 /* Registers a new zero-filled F32 parameter (requires_grad) named `name`. Fails on a duplicate
  * name or after finalize. Returns the tensor (owned by the store). */
 bl_tensor *bl_params_add(bl_params *ps, const char *name, int ndim, const int64_t *shape);
-/* Registers a buffer (not trained, saved in checkpoints), of any dtype. */
+/* Registers a buffer (not trained, saved in checkpoints), of any dtype; also allowed after
+ * finalize, so a method can attach state (e.g. a running feature direction) to a built model. */
 bl_tensor *bl_params_add_buffer(bl_params *ps, const char *name, bl_dtype dt, int ndim, const int64_t *shape);
 /* Packs parameters into the contiguous blocks; gradients start at zero. */
 int bl_params_finalize(bl_params *ps);

@@ -40,7 +40,8 @@ bl_tensor *bl_params_find(const bl_params *ps, const char *name) {
 
 static bl_tensor *add_entry(bl_params *ps, const char *name, bl_dtype dt, int ndim, const int64_t *shape,
                             bool trainable) {
-    BL_CHECK(!ps->finalized, "cannot add '%s': the parameter store is already finalized", name);
+    /* Buffers live outside the packed block, so methods may add them to a finalized store. */
+    BL_CHECK(!ps->finalized || !trainable, "cannot add parameter '%s': the store is already finalized", name);
     BL_CHECK(strlen(name) < BL_PARAM_NAME_MAX, "parameter name too long: '%s'", name);
     BL_CHECK(!bl_params_find(ps, name), "duplicate parameter name '%s'", name);
     if (ps->count == ps->cap) {
