@@ -131,7 +131,7 @@ static bl_tensor *ce_logits(const ce_layout *l, bl_dtype dt, uint64_t seed) {
 static bl_tensor *ce_targets(const ce_layout *l, int64_t ignore_index, bool with_ignored, uint64_t seed) {
     int64_t N, C, S;
     ce_layout_dims(l, &N, &C, &S);
-    int64_t shape[4], nd = 0;
+    int64_t shape[4] = {0}, nd = 0;
     if (l->ndim > 1) shape[nd++] = N;
     for (int d = 2; d < l->ndim; d++) shape[nd++] = l->shape[d];
     bl_tensor *t = bl_empty(BL_I64, (int)nd, shape);

@@ -111,6 +111,25 @@ class ViT(nn.Module):
         return self.head(x[:, 0])
 
 
+class ConvNet(nn.Module):
+    """The dataset-distillation ConvNet: depth x [conv3x3 (bias) -> GroupNorm(C, C) -> ReLU -> avgpool 2],
+    then a linear "classifier"; names features.{4d}, features.{4d+1} as in the original nn.Sequential."""
+
+    def __init__(self, channels=3, width=128, depth=3, image_size=32, num_classes=10):
+        super().__init__()
+        layers, side = [], image_size
+        for d in range(depth):
+            pad = 3 if channels == 1 and d == 0 else 1
+            layers += [nn.Conv2d(channels if d == 0 else width, width, 3, padding=pad),
+                       nn.GroupNorm(width, width, affine=True), nn.ReLU(inplace=True), nn.AvgPool2d(2, 2)]
+            side = (side + 2 * pad - 2) // 2
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(width * side * side, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).flatten(1))
+
+
 def resnet18_cifar(num_classes=10):
     """torchvision's ResNet-18 with a 3x3 stride-1 stem and no max-pool, for 32x32 images."""
     import torchvision
@@ -127,6 +146,8 @@ def build(name, num_classes=10):
         return CifarResNet(int(name[6:]), num_classes)
     if name == "resnet18_cifar":
         return resnet18_cifar(num_classes)
+    if name == "convnet3":
+        return ConvNet(num_classes=num_classes)
     sizes = {"vit_tiny": (192, 3), "vit_small": (384, 6), "vit_base": (768, 12)}
     if name in sizes:
         dim, heads = sizes[name]
