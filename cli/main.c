@@ -13,6 +13,10 @@ typedef struct {
 static const command commands[] = {
     {"predict", cmd_predict, "run a model in eval mode on images and write one CSV row of logits per image"},
     {"bench", cmd_bench, "throughput of training/inference, GEMM and conv GFLOP/s, side by side with PyTorch"},
+    {"data", cmd_data, "datasets: list where they are found, import local copies, download, long-tail splits"},
+    {"train", cmd_train, "train the run a YAML config describes (key=value overrides, --resume)"},
+    {"eval", cmd_eval, "evaluate a run or checkpoint: top-1/top-5, many/medium/few-shot, calibration"},
+    {"report", cmd_report, "an HTML page of curves, per-class plots and a comparison table for run directories"},
 };
 
 static void usage(void) {

@@ -3,8 +3,12 @@
  * broadcast), additive masks, causal masking, an explicit scale, broadcast batch dims, strided q/k/v
  * (the per-head views of a packed qkv projection, a transposed k) and query blocks that do not
  * fit one scores buffer; the fused first-order backward against the backward built from ops;
- * first- and second-order gradient checks in F64 with and without masks; error reporting. */
+ * first- and second-order gradient checks in F64 with and without masks; outputs and gradients
+ * laid out like the inputs; the packed multi-head form against timm's composition of views and
+ * the public op, forward and gradients of both orders; error reporting. */
 #include "test.h"
+
+#include "ops/dense.h"
 
 /* Element of t at a multi-index of a (possibly bigger) broadcast shape aligned at the right. */
 static double at_broadcast(const bl_tensor *t, int ndim, const int64_t *idx) {
@@ -240,6 +244,98 @@ static void test_fused_backward_matches_ops(void) {
         }
 }
 
+/* Per-head views of a packed (B, T, 3, H, hd) projection: the output and the gradients come back
+ * in the inputs' memory order, so transposing heads and tokens back gives contiguous tensors. */
+static void test_results_keep_input_layout(void) {
+    int64_t B = 2, T = 5, H = 3, hd = 4;
+    bl_tensor *qkv = test_randn(BL_F32, BL_SHAPE(B, T, 3, H, hd), 81);
+    qkv->requires_grad = true;
+    bl_tensor *heads = bl_permute(qkv, (const int[]){2, 0, 3, 1, 4});
+    bl_tensor *q = bl_select(heads, 0, 0), *k = bl_select(heads, 0, 1), *v = bl_select(heads, 0, 2);
+    bl_tensor *out = bl_scaled_dot_product_attention(q, k, v, NULL, false, 0);
+    CHECK(out && !bl_is_contiguous(out) && bl_is_contiguous(bl_transpose(out, 1, 2)), "out laid out (B, T, H, hd)");
+    CHECK(attention_error(q, k, v, NULL, false, 0, out) < 2e-5, "values in that layout");
+    bl_tensor *g = test_randn(BL_F32, out->ndim, out->shape, 82), *ins[3] = {q, k, v}, *grads[3];
+    CHECK(bl_autograd_grad(1, &out, &g, 3, ins, grads, false) == BL_OK, "backward");
+    for (int i = 0; i < 3; i++)
+        CHECK(grads[i] && bl_is_contiguous(bl_transpose(grads[i], 1, 2)), "gradient %d laid out like its input", i);
+    /* Contiguous inputs keep giving contiguous results. */
+    bl_tensor *qc = test_randn(BL_F32, BL_SHAPE(B, H, T, hd), 83);
+    CHECK(bl_is_contiguous(bl_scaled_dot_product_attention(qc, qc, qc, NULL, false, 0)), "contiguous stays");
+}
+
+/* timm's split of a packed projection followed by the public op, for the packed op to match. */
+typedef struct {
+    int64_t heads;
+    bool causal;
+    int mask_kind; /* 0 none, 1 boolean (B, 1, T, T), 2 additive (T, T) (input 1 when differentiated) */
+    bl_tensor *mask;
+} packed_args;
+
+static bl_tensor *attention_by_views(bl_tensor *qkv, bl_tensor *mask, const packed_args *a) {
+    int64_t B = qkv->shape[0], T = qkv->shape[1], D = qkv->shape[2] / 3;
+    bl_tensor *heads = bl_permute(bl_reshape(qkv, BL_SHAPE(B, T, 3, a->heads, D / a->heads)), (const int[]){2, 0, 3, 1, 4});
+    bl_tensor *o = bl_scaled_dot_product_attention(bl_select(heads, 0, 0), bl_select(heads, 0, 1), bl_select(heads, 0, 2),
+                                                   mask, a->causal, 0);
+    return bl_reshape(bl_transpose(o, 1, 2), BL_SHAPE(B, T, D));
+}
+
+static bl_tensor *packed_fn(bl_tensor *const *in, void *user) {
+    const packed_args *a = user;
+    return bl__attention_packed_qkv(in[0], a->heads, a->mask_kind == 2 ? in[1] : a->mask, a->causal, 0);
+}
+
+static bl_tensor *packed_mask(int kind, bl_dtype dt, int64_t B, int64_t T, uint64_t seed) {
+    if (kind == 1) return random_keep_mask(BL_SHAPE(B, 1, T, T), seed);
+    if (kind == 2) return test_randn(dt, BL_SHAPE(T, T), seed);
+    return NULL;
+}
+
+static void test_packed_matches_views(void) {
+    bl_dtype dts[2] = {BL_F32, BL_F64};
+    int64_t B = 3, T = 7, H = 2, hd = 5;
+    for (int di = 0; di < 2; di++)
+        for (int kind = 0; kind < 3; kind++) {
+            bl_dtype dt = dts[di];
+            double tol = dt == BL_F32 ? 2e-5 : 1e-12;
+            packed_args a = {H, kind == 1, kind, packed_mask(kind, dt, B, T, 90 + kind)};
+            bl_tensor *qkv = test_randn(dt, BL_SHAPE(B, T, 3 * H * hd), 91 + kind);
+            qkv->requires_grad = true;
+            bl_tensor *packed = bl__attention_packed_qkv(qkv, H, a.mask, a.causal, 0);
+            bl_tensor *views = attention_by_views(qkv, a.mask, &a);
+            CHECK(packed && bl_is_contiguous(packed) && bl_same_shape(packed, views), "packed output shape");
+            CHECK(test_max_rel_diff(packed, views) < tol, "%s mask %d: forward differs by %g", bl_dtype_name(dt), kind,
+                  test_max_rel_diff(packed, views));
+            bl_tensor *g = test_randn(dt, BL_SHAPE(B, T, H * hd), 92 + kind), *got[2], *want;
+            CHECK(bl_autograd_grad(1, &packed, &g, 1, &qkv, &got[0], false) == BL_OK, "fused backward");
+            CHECK(bl_autograd_grad(1, &packed, &g, 1, &qkv, &got[1], true) == BL_OK, "backward from ops");
+            CHECK(bl_autograd_grad(1, &views, &g, 1, &qkv, &want, false) == BL_OK, "backward of the views");
+            for (int i = 0; i < 2; i++)
+                CHECK(test_max_rel_diff(got[i], want) < tol, "%s mask %d, %s backward: gradient differs by %g",
+                      bl_dtype_name(dt), kind, i ? "ops" : "fused", test_max_rel_diff(got[i], want));
+            CHECK(got[1] && got[1]->requires_grad, "create_graph gradient is differentiable");
+        }
+    /* The packed op is an op of its own: both orders of gradients, also into an additive mask. */
+    for (int kind = 0; kind < 3; kind++) {
+        packed_args a = {2, kind == 1, kind, packed_mask(kind, BL_F64, 2, 3, 95 + kind)};
+        bl_tensor *in[2] = {test_randn(BL_F64, BL_SHAPE(2, 3, 3 * 2 * 2), 96 + kind), a.mask};
+        in[0]->requires_grad = true;
+        if (kind == 2) in[1]->requires_grad = true;
+        CHECK(bl_gradcheck(packed_fn, &a, kind == 2 ? 2 : 1, in, 1e-6, 1e-6, true) == BL_OK, "packed gradcheck, mask %d",
+              kind);
+    }
+    /* A qkv whose features are not adjacent in memory is read through a copy. */
+    bl_tensor *wide = bl_transpose(test_randn(BL_F32, BL_SHAPE(2, 12, 4), 97), 1, 2); /* (2, 4, 12) */
+    packed_args a = {2, false, 0, NULL};
+    CHECK(test_max_rel_diff(bl__attention_packed_qkv(wide, 2, NULL, false, 0), attention_by_views(wide, NULL, &a)) < 2e-5,
+          "strided qkv");
+    bl_clear_error();
+    CHECK(!bl__attention_packed_qkv(bl_zeros(BL_F32, BL_SHAPE(2, 3, 10)), 2, NULL, false, 0) &&
+              strstr(bl_last_error(), "[2, 3, 10]"),
+          "3 D not divisible by heads: %s", bl_last_error());
+    bl_clear_error();
+}
+
 static void test_errors(void) {
     bl_tensor *q = bl_zeros(BL_F32, BL_SHAPE(2, 3, 4)), *k = bl_zeros(BL_F32, BL_SHAPE(2, 5, 4));
     bl_tensor *v = bl_zeros(BL_F32, BL_SHAPE(2, 5, 6));
@@ -269,4 +365,5 @@ static void test_errors(void) {
 }
 
 TEST_MAIN(TEST(test_values_both_paths), TEST(test_strided_and_broadcast_inputs), TEST(test_gradcheck),
-          TEST(test_gradcheck_broadcast), TEST(test_fused_backward_matches_ops), TEST(test_errors))
+          TEST(test_gradcheck_broadcast), TEST(test_fused_backward_matches_ops), TEST(test_results_keep_input_layout),
+          TEST(test_packed_matches_views), TEST(test_errors))

@@ -1,7 +1,13 @@
-/* ballast data: readers for the image formats vision benchmarks ship in, and the conversion of
- * raw pixels into the model's input tensor. Every reader names the file in its error message and
- * refuses truncated or malformed files instead of returning partial data. Returned tensors are
- * persistent (free with bl_tensor_free / bl_dataset_free). */
+/* ballast data: datasets, long-tailed splits, samplers, augmentation and the training loader.
+ *
+ * Readers for the image formats vision benchmarks ship in (CIFAR binaries, IDX, PNG/JPEG) name the
+ * file in every error and refuse truncated or malformed files instead of returning partial data.
+ * On top of them: a registry of known datasets found under a data root, long-tailed subsets drawn
+ * with a seed (and saved as index files so a split can be shared), a validation split drawn from
+ * the training data, samplers that re-balance classes, per-image augmentation, and a loader whose
+ * background thread prepares the next batch while the caller trains on the current one.
+ * Returned datasets and tensors are persistent (free with bl_dataset_free / bl_tensor_free) unless
+ * stated otherwise; index arrays are malloc'ed (free with free()). */
 #ifndef BALLAST_DATA_H
 #define BALLAST_DATA_H
 
@@ -12,10 +18,13 @@ extern "C" {
 #endif
 
 typedef struct {
-    bl_tensor *images;  /* U8 (N, C, H, W) */
-    bl_tensor *labels;  /* I64 (N); NULL when the source has none */
+    bl_tensor *images;   /* U8 (N, C, H, W) */
+    bl_tensor *labels;   /* I64 (N); NULL when the source has none */
+    int64_t num_classes; /* 0 when unknown (the single-file readers below leave it 0) */
+    char **class_names;  /* num_classes names, or NULL when unknown; owned by the dataset */
 } bl_dataset;
 
+/* Frees the tensors and names and zeroes the struct (safe on a zeroed or already freed one). */
 void bl_dataset_free(bl_dataset *ds);
 
 /* CIFAR binary batches: records of label byte(s) + 3072 pixel bytes (R plane, G plane, B plane).
@@ -34,6 +43,162 @@ int bl_read_any_images(const char *path, bl_dataset *out);
 /* Converts U8 images (N, C, H, W) to an F32 arena tensor in [0, 1], then (x - mean[c]) / std[c]
  * when mean and std are given (C entries each). */
 bl_tensor *bl_images_to_float(const bl_tensor *images, const float *mean, const float *std);
+
+/* ---- known datasets and where they live ------------------------------------------------------ */
+
+/* A dataset the registry knows by name. Its files sit in `subdir` of a data root. */
+typedef struct {
+    const char *name;             /* "cifar10", "cifar100", "cifar100_coarse", "mnist", "fashion_mnist" */
+    const char *description;
+    const char *subdir;           /* folder under a data root, e.g. "cifar-10-batches-bin" */
+    int64_t num_classes;
+    int64_t train_size, test_size;
+    const char *const *train_files; /* NULL-terminated, relative to the dataset's folder; IDX files */
+    const char *const *test_files;  /* may also be present with a ".gz" suffix */
+    const char *const *urls;        /* NULL-terminated official locations, tried in order: an archive,
+                                     * or a folder ("/" at the end) holding each file gzip'ed */
+} bl_dataset_info;
+
+/* The known datasets: sets *infos and returns their count. */
+int bl_dataset_known(const bl_dataset_info **infos);
+/* The entry for `name`, or NULL (no error set). */
+const bl_dataset_info *bl_dataset_find_info(const char *name);
+
+/* The roots searched when no root is given, in order: $BALLAST_DATA, $XDG_DATA_HOME/ballast
+ * (default ~/.local/share/ballast), /usr/local/share/ballast, /usr/share/ballast. Writes at most
+ * `max` paths into `roots` and returns how many. After them bl_dataset_locate tries a dataset's
+ * system folder (Debian's dataset-fashion-mnist installs /usr/share/datasets/fashion-mnist). */
+int bl_data_search_roots(char (*roots)[512], int max);
+/* The root that `ballast data import/download` writes to: $BALLAST_DATA when set, else
+ * $XDG_DATA_HOME/ballast (default ~/.local/share/ballast). */
+int bl_data_default_root(char *buf, size_t len);
+/* The folder holding dataset `name`'s files: <root>/<subdir> (or <root> itself holding the files)
+ * when `root` is given, else the first search location where it exists. BL_ERR naming every place
+ * looked at when it is nowhere. */
+int bl_dataset_locate(const char *name, const char *root, char *dir, size_t len);
+
+/* Loads the train or test split of a dataset by name: one of the known names above, or
+ * "folder:<path>" for images in <path>/<class>/<file>.png|jpg (class = subfolder, classes sorted by
+ * name; with <path>/train and <path>/test (or val) subfolders those are the splits, else the whole
+ * folder is the train split). `root` NULL searches the standard locations. Known datasets must
+ * have their exact official sizes: a missing, truncated or corrupt file is an error naming it.
+ * Sets num_classes and, when known, class_names. */
+int bl_dataset_load(const char *name, const char *root, bool train, bl_dataset *out);
+/* Images in <dir>/<class>/<file>.png|jpg|jpeg as one dataset. All images must share height and width;
+ * grayscale images are replicated to RGB when the folder also holds colour images. */
+int bl_read_image_folder(const char *dir, bl_dataset *out);
+
+/* ---- subsets and splits ---------------------------------------------------------------------- */
+
+/* counts[c] = number of labels equal to c, for c < num_classes (counts may be NULL to only check).
+ * Returns the number of labels, or -1 (with an error naming the position and value) when a label
+ * is outside [0, num_classes). */
+int64_t bl_class_counts(const bl_tensor *labels, int64_t num_classes, int64_t *counts);
+
+/* Per-class sizes of a long-tailed profile with imbalance factor r = n_max / n_min >= 1, for
+ * classes in label order (the LDAM / BBN protocol):
+ *   "exp":  n_i = floor(n_max * (1/r)^(i / (C - 1)))
+ *   "step": the first floor(C/2) classes keep n_max, the others floor(n_max / r). */
+int bl_longtail_counts(const char *profile, double imbalance, int64_t n_max, int64_t num_classes,
+                       int64_t *counts);
+/* A long-tailed subset of a dataset: n_max is the largest class count, class i keeps
+ * min(count_i, profile's n_i) images, the first ones of a shuffle of the class drawn from
+ * (seed, i). So the same seed gives the same subset, and a larger r keeps a prefix of the same
+ * shuffle (subsets for r = 10, 50, 100 are nested). Indices are ascending; *indices is malloc'ed. */
+int bl_longtail_indices(const bl_tensor *labels, int64_t num_classes, const char *profile, double imbalance,
+                        uint64_t seed, int64_t **indices, int64_t *n);
+/* Index files: text, one index per line; lines starting with '#' are comments. `comment` (may be
+ * NULL, may span lines) is written as '#' lines on top, e.g. how the split was drawn. Writing is
+ * atomic; reading names the file and line of anything malformed. */
+int bl_indices_save(const char *path, const int64_t *indices, int64_t n, const char *comment);
+int bl_indices_load(const char *path, int64_t **indices, int64_t *n);
+/* The indices in [0, total) that `indices` does not contain, ascending; e.g. the training images a
+ * long-tailed split left out, from which a class-balanced validation split can be drawn. */
+int bl_indices_complement(const int64_t *indices, int64_t n, int64_t total, int64_t **out, int64_t *n_out);
+/* A new dataset of rows idx[0..n) of src (images, labels, num_classes, class names copied). */
+int bl_dataset_subset(const bl_dataset *src, const int64_t *idx, int64_t n, bl_dataset *out);
+/* A validation split drawn from training data: from each class c (with count n_c) a seeded random
+ * min(per_class, floor(n_c / 2)) images go to val, so every class keeps at least half of its images
+ * for training. Both index lists are ascending and malloc'ed; they partition [0, N). */
+int bl_split_holdout(const bl_tensor *labels, int64_t num_classes, int64_t per_class, uint64_t seed,
+                     int64_t **train_idx, int64_t *n_train, int64_t **val_idx, int64_t *n_val);
+
+/* ---- samplers --------------------------------------------------------------------------------- */
+
+/* The order in which an epoch visits the training set. Kinds, with n_c the size of class c, N the
+ * total, C the number of non-empty classes, t/T = epoch / total_epochs (epochs from 0):
+ *   "instance":       a fresh random permutation per epoch (every image once);
+ *   "class_balanced": each draw picks a class uniformly (p_c = 1/C), then an image of it uniformly;
+ *   "sqrt":           as above with p_c proportional to sqrt(n_c);
+ *   "progressive":    p_c = (1 - t/T) * n_c / N + (t/T) / C (Decoupling, Kang et al. 2020).
+ * The draws depend only on (seed, epoch), never on earlier calls. */
+typedef struct bl_sampler bl_sampler;
+bl_sampler *bl_sampler_create(const char *kind, const bl_tensor *labels, int64_t num_classes, uint64_t seed);
+void bl_sampler_free(bl_sampler *s);
+const char *bl_sampler_kind(const bl_sampler *s);
+/* Fills order[0..n) with dataset indices for `epoch` of `total_epochs` (n is usually N). */
+int bl_sampler_epoch(bl_sampler *s, int epoch, int total_epochs, int64_t *order, int64_t n);
+/* The class probabilities p_c the sampler uses in that epoch ("instance": n_c / N). */
+int bl_sampler_class_probs(const bl_sampler *s, int epoch, int total_epochs, double *probs);
+
+/* ---- augmentation ----------------------------------------------------------------------------- */
+
+/* A per-image transform run on the loader's thread after normalization: must not touch the step
+ * arena or autograd, and draws randomness only from `rng` (so results stay deterministic).
+ * The extension point for colour jitter and the like; returns BL_OK or BL_ERR (with an error).
+ * Batch-level mixing (mixup, cutmix) changes the targets too, so it belongs in a method's loss. */
+typedef int (*bl_augment_hook)(float *image, int64_t channels, int64_t height, int64_t width, bl_rng *rng,
+                               void *user);
+
+/* Training transforms, applied in this order (torchvision's CIFAR recipe):
+ *  1. random crop: pad by crop_pad pixels of value 0 on every side, cut out the original size at a
+ *     random offset (top, left) in [0, 2 * crop_pad] each;
+ *  2. horizontal flip with probability 1/2;
+ *  3. normalize: (pixel / 255 - mean[c]) / std[c] (std[c] == 0 leaves the channel at pixel / 255;
+ *     a 1-channel image uses entry 0);
+ *  4. cutout: rows and columns [centre - cutout/2, centre + cutout/2) around a uniform pixel,
+ *     clipped at the border, set to 0 (DeVries & Taylor's definition);
+ *  5. hook, when set.
+ * Randomness per image, drawn in this order from the image's stream: top, left (when crop_pad > 0),
+ * flip (when hflip), centre row, centre column (when cutout > 0). */
+typedef struct {
+    int crop_pad;
+    bool hflip;
+    float mean[3], std[3];
+    int cutout;
+    bl_augment_hook hook;
+    void *hook_user;
+} bl_augment;
+
+/* Standard normalization constants for a known dataset name (CIFAR's are the ones the long-tail
+ * papers use), with crop_pad 4 and hflip for CIFAR training when `train`; other datasets get no
+ * random transforms. Unknown names get mean 0, std 1 (pixels / 255). */
+bl_augment bl_augment_defaults(const char *dataset_name, bool train);
+/* The random stream of the image at `position` of `epoch`'s order for a loader seeded with `seed`. */
+bl_rng bl_augment_stream(uint64_t seed, int epoch, int64_t position);
+/* Transforms one U8 image (C, H, W) into dst F32 (C, H, W). `aug` NULL = pixels / 255. */
+int bl_augment_image(const bl_augment *aug, const uint8_t *src, int64_t channels, int64_t height, int64_t width,
+                     bl_rng *rng, float *dst);
+
+/* ---- the loader ------------------------------------------------------------------------------- */
+
+/* Batches of a dataset in the order a sampler gives (NULL: 0, 1, ..., N-1), transformed by `aug`
+ * (NULL: pixels / 255 only). A background thread prepares batch k+1 (into the second of two
+ * buffers) while the caller works on batch k. The content of every batch depends only on
+ * (dataset, sampler, aug, seed, epoch), never on thread timing. `ds` must outlive the loader; the
+ * loader does not own the sampler. */
+typedef struct bl_loader bl_loader;
+bl_loader *bl_loader_create(const bl_dataset *ds, bl_sampler *sampler, int64_t batch, bool drop_last,
+                            const bl_augment *aug, uint64_t seed);
+/* Starts epoch `epoch` (from 0) of `total_epochs`: draws its order and sets the thread to work. */
+int bl_loader_start_epoch(bl_loader *l, int epoch, int total_epochs);
+/* The next batch as new step-arena tensors x F32 (B, C, H, W) and y I64 (B) (the caller's
+ * bl_scope_end frees them; y is -1 for a dataset without labels). False at the end of the
+ * epoch, or on error (bl_last_error() set). */
+bool bl_loader_next(bl_loader *l, bl_tensor **x, bl_tensor **y);
+/* Batches per epoch: N / batch, rounded down with drop_last, else up. */
+int64_t bl_loader_batches(const bl_loader *l);
+void bl_loader_free(bl_loader *l);
 
 #ifdef __cplusplus
 }

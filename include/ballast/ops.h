@@ -90,6 +90,12 @@ bl_tensor *bl_squeeze(bl_tensor *a, int dim);
 bl_tensor *bl_unsqueeze(bl_tensor *a, int dim);
 /* A contiguous copy (or `a` itself when already contiguous). */
 bl_tensor *bl_contiguous(bl_tensor *a);
+/* x (N, C, H, W) with its memory in channels-last order, strides (H*W*C, 1, W*C, C), as torch's
+ * x.contiguous(memory_format=torch.channels_last): x itself when already so, else a copy. Values,
+ * shape and gradients are unchanged; F32 convolutions on oneDNN, batch norms and pools then run
+ * without layout conversions and give channels-last results, so converting a CNN's input once
+ * keeps the whole network in that order. */
+bl_tensor *bl_channels_last(bl_tensor *x);
 
 /* ---- joining and splitting ------------------------------------------------------------------ */
 bl_tensor *bl_concat(int n, bl_tensor *const *ts, int dim);
@@ -149,6 +155,13 @@ bl_tensor *bl_upsample_bilinear2d(bl_tensor *x, int out_h, int out_w, bool align
  * for the running estimate). In eval, uses the running statistics. weight/bias may be NULL. */
 bl_tensor *bl_batch_norm(bl_tensor *x, bl_tensor *weight, bl_tensor *bias, bl_tensor *running_mean,
                          bl_tensor *running_var, bool training, double momentum, double eps);
+/* Batch norm fused with the residual add and ReLU that follow it in residual networks:
+ * y = act(batch_norm(x, ...) + residual), residual of x's shape or NULL, act ReLU when `relu` else
+ * the identity. Statistics, running-statistic updates and eval mode as bl_batch_norm; one pass over
+ * memory forward and a fused first-order backward (create_graph builds it from ops). */
+bl_tensor *bl_batch_norm_act(bl_tensor *x, bl_tensor *weight, bl_tensor *bias, bl_tensor *running_mean,
+                             bl_tensor *running_var, bl_tensor *residual, bool relu, bool training, double momentum,
+                             double eps);
 /* Normalizes over the trailing dims whose sizes are `shape` (as torch.nn.functional.layer_norm). */
 bl_tensor *bl_layer_norm(bl_tensor *x, int ndim, const int64_t *shape, bl_tensor *weight, bl_tensor *bias,
                          double eps);

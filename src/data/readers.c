@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <jpeglib.h>
+#include <jerror.h>
 #include <png.h>
 #include <setjmp.h>
 #include <stdlib.h>
@@ -15,7 +16,10 @@
 void bl_dataset_free(bl_dataset *ds) {
     bl_tensor_free(ds->images);
     bl_tensor_free(ds->labels);
-    ds->images = ds->labels = NULL;
+    if (ds->class_names)
+        for (int64_t c = 0; c < ds->num_classes; c++) free(ds->class_names[c]);
+    free(ds->class_names);
+    memset(ds, 0, sizeof *ds);
 }
 
 /* Reads a whole file (transparently gunzipping when it starts with the gzip magic). */
@@ -200,6 +204,13 @@ static void jpeg_fail(j_common_ptr cinfo) {
     longjmp(e->escape, 1);
 }
 
+/* libjpeg reports damaged data as warnings and decodes on (filling the rest with grey). A file
+ * that ends early is refused like any truncated file; other warnings (e.g. stray bytes between
+ * markers, common in real collections) leave the image intact and are ignored, not printed. */
+static void jpeg_warning(j_common_ptr cinfo, int level) {
+    if (level < 0 && cinfo->err->msg_code == JWRN_JPEG_EOF) jpeg_fail(cinfo);
+}
+
 static int read_jpeg(const char *path, FILE *f, bl_tensor **image) {
     struct jpeg_decompress_struct cinfo;
     jpeg_errors err;
@@ -207,6 +218,7 @@ static int read_jpeg(const char *path, FILE *f, bl_tensor **image) {
     unsigned char **volatile rows = NULL;
     cinfo.err = jpeg_std_error(&err.base);
     err.base.error_exit = jpeg_fail;
+    err.base.emit_message = jpeg_warning;
     if (setjmp(err.escape)) {
         bl_set_error("%s: JPEG decoding failed (%s)", path, err.message);
         jpeg_destroy_decompress(&cinfo);

@@ -17,6 +17,7 @@ static const family families[] = {
     {bl__resnet_archs, &bl__resnet_arch_count},
     {bl__convnet_archs, &bl__convnet_arch_count},
     {bl__vit_archs, &bl__vit_arch_count},
+    {bl__resnet_bbn_archs, &bl__resnet_bbn_arch_count},
 };
 #define N_FAMILIES (int)(sizeof families / sizeof families[0])
 

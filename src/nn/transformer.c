@@ -2,6 +2,7 @@
  * Mlp (fc1, act, fc2), Attention (one fused qkv linear, per-head scaled dot-product attention, proj)
  * and the pre-norm Block built from them. */
 #include "nn/nn_internal.h"
+#include "ops/dense.h"
 
 #include <string.h>
 
@@ -48,13 +49,9 @@ bl_tensor *bl_mha_forward(bl_mha *m, bl_tensor *x, bl_tensor *mask, bool trainin
     BL_CHECK(x->ndim == 3 && x->shape[2] == m->dim,
              "Attention(dim %lld, %lld heads): input of shape %s, expected (B, T, %lld)", (long long)m->dim,
              (long long)m->heads, bl__shape(x), (long long)m->dim);
-    int64_t B = x->shape[0], T = x->shape[1], H = m->heads, hd = m->dim / m->heads;
-    /* The fused projection's features are ordered (q|k|v, head, head_dim), as timm splits them. */
-    bl_tensor *qkv = bl_reshape(bl_linear_layer_forward(&m->qkv, x), BL_SHAPE(B, T, 3, H, hd));
-    bl_tensor *per_head = bl_permute(qkv, (const int[]){2, 0, 3, 1, 4}); /* (3, B, H, T, hd) */
-    bl_tensor *q = bl_select(per_head, 0, 0), *k = bl_select(per_head, 0, 1), *v = bl_select(per_head, 0, 2);
-    bl_tensor *o = bl_scaled_dot_product_attention(q, k, v, mask, false, 0.0); /* (B, H, T, hd) */
-    o = bl_reshape(bl_transpose(o, 1, 2), BL_SHAPE(B, T, m->dim));
+    /* The fused projection's features are ordered (q|k|v, head, head_dim), as timm splits them;
+     * the packed op reads the heads in place and returns them concatenated, (B, T, dim). */
+    bl_tensor *o = bl__attention_packed_qkv(bl_linear_layer_forward(&m->qkv, x), m->heads, mask, false, 0.0);
     o = bl_linear_layer_forward(&m->proj, o);
     return bl_dropout_layer_forward(&m->proj_drop, o, training);
 }

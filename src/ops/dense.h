@@ -1,6 +1,7 @@
 /* Internal helpers shared by the dense ops (matmul.c, attention.c, softmax.c): how a tensor's
  * trailing matrix is handed to the GEMM kernels, batch-dim broadcasting, and the row softmax
- * kernels that attention reuses. Not part of the public API. */
+ * kernels that attention reuses; and the packed multi-head attention that the transformer modules
+ * call. Not part of the public API. */
 #ifndef BALLAST_OPS_DENSE_H
 #define BALLAST_OPS_DENSE_H
 
@@ -39,5 +40,15 @@ void cpu_softmax_rows_f32(int64_t rows, int64_t D, const float *x, float *y);
 void ref_softmax_rows_f64(int64_t rows, int64_t D, const double *x, double *y);
 void cpu_softmax_bwd_rows_f32(int64_t rows, int64_t D, const float *y, const float *g, float *dx);
 void ref_softmax_bwd_rows_f64(int64_t rows, int64_t D, const double *y, const double *g, double *dx);
+
+/* ---- packed multi-head attention (defined in attention.c) ----
+ * Self-attention straight from a fused qkv projection, as timm's Attention computes it:
+ *   q, k, v = qkv.reshape(B, T, 3, heads, hd).permute(2, 0, 3, 1, 4)
+ *   out = scaled_dot_product_attention(q, k, v, mask, causal, scale).transpose(1, 2).reshape(B, T, D)
+ * for qkv (B, T, 3 D), D = heads * hd; out (B, T, D), contiguous. mask as for
+ * bl_scaled_dot_product_attention, broadcast to (B, heads, T, T); scale <= 0 means 1/sqrt(hd).
+ * Reads q, k, v in place and, in a first-order backward, writes their gradients into one (B, T, 3 D)
+ * tensor; the gradients of every order equal those of the composition above. */
+bl_tensor *bl__attention_packed_qkv(bl_tensor *qkv, int64_t heads, bl_tensor *mask, bool causal, double scale);
 
 #endif

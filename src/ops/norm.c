@@ -1,12 +1,16 @@
-/* Normalization ops: batch norm, layer norm, and group and instance norm (one implementation: a
- * layer norm over (N, G, C/G * spatial) rows followed by a per-channel affine map).
+/* Normalization ops: batch norm (alone, or fused with the residual add and ReLU after it), layer
+ * norm, and group and instance norm (one implementation: a layer norm over (N, G, C/G * spatial)
+ * rows followed by a per-channel affine map).
  *
  * Batch and layer norm run a fused kernel forward and record one node. Their backward has two
- * forms: for a first-order backward, one fused kernel computing dx, dweight and dbias from the
- * saved statistics; when the backward is itself recorded (create_graph), the same gradients built
- * from ops, recomputing the statistics from x so that their dependence on x is differentiated too. */
+ * forms: for a first-order backward, one fused kernel computing dx, dweight and dbias (and the
+ * residual's gradient) from the saved statistics; when the backward is itself recorded
+ * (create_graph), the same gradients built from ops, recomputing the statistics from x so that
+ * their dependence on x is differentiated too. Each kernel call is timed for the profile. */
 #include "ballast/ops.h"
+#include "ballast/profile.h"
 
+#include "backend/cpu/layout.h"
 #include "backend/cpu/norm.h"
 #include "backend/ref/ref_norm.h"
 #include "core/internal.h"
@@ -38,46 +42,87 @@ static int check_param(const char *op, const char *what, const bl_tensor *p, con
     return BL_OK;
 }
 
-/* ---- batch norm ---- */
+/* ---- batch norm, and batch norm fused with a residual add and a ReLU ----
+ * One implementation serves both ops: y = act(bn(x) + residual), act the identity or ReLU. F32 runs
+ * the fused CPU kernels on x's own memory when it is contiguous or channels last (the result keeps
+ * that order); F64 (gradient checks) runs the reference batch norm kernels and applies the residual
+ * and the ReLU around them. */
 
 typedef struct {
-    bl_batch_norm_args args;
-    bl_tensor *x;      /* contiguous, detached: what the fused backward reads */
+    cpu_bn_act_args args; /* args.bn is also the reference kernels' argument */
+    const char *backward_profile;
+    bl_tensor *x;      /* detached, contiguous or channels last: what the fused backward reads */
     bl_tensor *mean;   /* (C): the statistics the forward normalized with */
     bl_tensor *invstd; /* (C) */
-} batch_norm_ctx;
+} bn_act_ctx;
 
 static bl_tensor *sum_over_nc(bl_tensor *t) { return bl_sum_dim(bl_sum_dim(t, 2, true), 0, true); }
 static bl_tensor *mean_over_nc(bl_tensor *t) { return bl_mean_dim(bl_mean_dim(t, 2, true), 0, true); }
 
-static int batch_norm_backward_fused(bl_node *node, bl_tensor *g, bl_tensor **gin) {
-    const batch_norm_ctx *ctx = node->ctx;
-    bl_tensor *x = node->inputs[0], *weight = node->inputs[1], *bias = node->inputs[2];
-    bl_tensor *gk = kernel_view(g), *wk = kernel_view(weight);
-    bl_tensor *dx = wants_grad(x) ? bl_empty_like(x) : NULL;
+/* A new tensor shaped and ordered like `like` (contiguous or channels last). */
+static bl_tensor *empty_in_order_of(const bl_tensor *like) {
+    if (cpu_is_channels_last(like) && !bl_is_contiguous(like))
+        return cpu_empty_channels_last(like->dtype, like->shape[0], like->shape[1], like->shape[2], like->shape[3]);
+    return bl_empty(like->dtype, like->ndim, like->shape);
+}
+
+/* F64 epilogue of the forward: y = act(y + residual), all contiguous. */
+static void residual_act_f64(int64_t n, double *y, const double *residual, bool relu) {
+    for (int64_t i = 0; residual && i < n; i++) y[i] += residual[i];
+    for (int64_t i = 0; relu && i < n; i++) y[i] = y[i] < 0 ? 0.0 : y[i];
+}
+
+/* F64 prologue of the backward: gz = g where y > 0 and 0 elsewhere, all contiguous. */
+static void relu_mask_f64(int64_t n, double *gz, const double *g, const double *y) {
+    for (int64_t i = 0; i < n; i++) gz[i] = y[i] > 0 ? g[i] : 0.0;
+}
+
+static int bn_act_backward_fused(bl_node *node, bl_tensor *g, bl_tensor **gin) {
+    const bn_act_ctx *ctx = node->ctx;
+    const cpu_bn_act_args *a = &ctx->args;
+    bl_tensor *x = node->inputs[0], *weight = node->inputs[1], *bias = node->inputs[2], *residual = node->inputs[3];
+    bl_tensor *gk = cpu_values_in_order_of(g, ctx->x), *wk = kernel_view(weight);
+    bl_tensor *dx = wants_grad(x) ? empty_in_order_of(ctx->x) : NULL;
     bl_tensor *dweight = wants_grad(weight) ? bl_empty_like(weight) : NULL;
     bl_tensor *dbias = wants_grad(bias) ? bl_empty_like(bias) : NULL;
+    bl_tensor *dresidual = wants_grad(residual) ? empty_in_order_of(ctx->x) : NULL;
     if (!gk || (weight && !wk) || (wants_grad(x) && !dx) || (wants_grad(weight) && !dweight) ||
-        (wants_grad(bias) && !dbias))
+        (wants_grad(bias) && !dbias) || (wants_grad(residual) && !dresidual))
         return BL_ERR;
-    if (g->dtype == BL_F32)
-        cpu_batch_norm_bwd(&ctx->args, gk->data, ctx->x->data, ctx->mean->data, ctx->invstd->data, data_of(wk),
-                           data_of(dx), data_of(dweight), data_of(dbias));
-    else
-        ref_batch_norm_bwd_f64(&ctx->args, gk->data, ctx->x->data, ctx->mean->data, ctx->invstd->data,
-                               data_of(wk), data_of(dx), data_of(dweight), data_of(dbias));
+    double t0 = bl_profile_start();
+    if (g->dtype == BL_F32) {
+        double *scratch = bl_arena_alloc(cpu_batch_norm_act_scratch(a) * sizeof(double));
+        if (!scratch) return BL_ERR;
+        cpu_batch_norm_act_bwd(a, gk->data, ctx->x->data, node->out->data, ctx->mean->data, ctx->invstd->data,
+                               data_of(wk), data_of(dx), data_of(dweight), data_of(dbias), data_of(dresidual), scratch);
+    } else {
+        const int64_t n = bl_numel(g);
+        if (a->relu) {
+            bl_tensor *gz = bl_empty_like(gk);
+            if (!gz) return BL_ERR;
+            relu_mask_f64(n, gz->data, gk->data, node->out->data);
+            gk = gz;
+        }
+        if (dresidual) memcpy(dresidual->data, gk->data, (size_t)n * sizeof(double));
+        ref_batch_norm_bwd_f64(&a->bn, gk->data, ctx->x->data, ctx->mean->data, ctx->invstd->data, data_of(wk),
+                               data_of(dx), data_of(dweight), data_of(dbias));
+    }
+    bl_profile_stop(ctx->backward_profile, t0, 0);
     gin[0] = dx;
     gin[1] = dweight;
     gin[2] = dbias;
+    gin[3] = dresidual;
     return BL_OK;
 }
 
-static int batch_norm_backward_composite(bl_node *node, bl_tensor *g, bl_tensor **gin) {
-    const batch_norm_ctx *ctx = node->ctx;
-    const bl_batch_norm_args *a = &ctx->args;
-    bl_tensor *x = node->inputs[0], *weight = node->inputs[1], *bias = node->inputs[2];
+/* Batch norm's input gradients for gz (the gradient of its output) from ops, so that they can be
+ * differentiated again: in training the statistics are recomputed from x, so that their
+ * dependence on x is differentiated too. */
+static int batch_norm_grads_composite(const bn_act_ctx *ctx, bl_tensor *x, bl_tensor *weight, bl_tensor *bias,
+                                      bl_tensor *gz, bl_tensor **gin) {
+    const bl_batch_norm_args *a = &ctx->args.bn;
     const int64_t ncs[3] = {a->N, a->C, a->S}, channel[3] = {1, a->C, 1};
-    bl_tensor *x3 = bl_reshape(x, 3, ncs), *g3 = bl_reshape(g, 3, ncs), *invstd, *xhat;
+    bl_tensor *x3 = bl_reshape(x, 3, ncs), *g3 = bl_reshape(gz, 3, ncs), *invstd, *xhat;
     if (a->training) {
         bl_tensor *centered = bl_sub(x3, mean_over_nc(x3));
         invstd = bl_pow_scalar(bl_add_scalar(mean_over_nc(bl_mul(centered, centered)), a->eps), -0.5);
@@ -99,8 +144,21 @@ static int batch_norm_backward_composite(bl_node *node, bl_tensor *g, bl_tensor 
     return BL_OK;
 }
 
-static int batch_norm_backward(bl_node *node, bl_tensor *g, bl_tensor **gin) {
-    return bl_grad_enabled() ? batch_norm_backward_composite(node, g, gin) : batch_norm_backward_fused(node, g, gin);
+static int bn_act_backward_composite(bl_node *node, bl_tensor *g, bl_tensor **gin) {
+    const bn_act_ctx *ctx = node->ctx;
+    bl_tensor *x = node->inputs[0], *weight = node->inputs[1], *bias = node->inputs[2], *residual = node->inputs[3];
+    bl_tensor *gz = g;
+    if (ctx->args.relu) {
+        /* The ReLU's derivative is a constant 0/1 mask (its own derivative is 0 almost everywhere). */
+        bl_tensor *mask = bl_to_dtype(bl_gt_scalar(bl_detach(node->out), 0.0), g->dtype);
+        if (!(gz = bl_mul(g, mask))) return BL_ERR;
+    }
+    if (wants_grad(residual)) gin[3] = gz;
+    return batch_norm_grads_composite(ctx, x, weight, bias, gz, gin);
+}
+
+static int bn_act_backward(bl_node *node, bl_tensor *g, bl_tensor **gin) {
+    return bl_grad_enabled() ? bn_act_backward_composite(node, g, gin) : bn_act_backward_fused(node, g, gin);
 }
 
 /* running = (1 - momentum) * running + momentum * scale * batch, for the C values of each. */
@@ -109,44 +167,78 @@ static void blend_running(bl_tensor *running, const bl_tensor *batch, double mom
         bl_set_flat(running, c, (1.0 - momentum) * bl_get_flat(running, c) + momentum * scale * bl_get_flat(batch, c));
 }
 
-bl_tensor *bl_batch_norm(bl_tensor *x, bl_tensor *weight, bl_tensor *bias, bl_tensor *running_mean,
-                         bl_tensor *running_var, bool training, double momentum, double eps) {
+static bl_tensor *batch_norm_act(const char *op, bl_tensor *x, bl_tensor *weight, bl_tensor *bias,
+                                 bl_tensor *running_mean, bl_tensor *running_var, bl_tensor *residual, bool relu,
+                                 bool training, double momentum, double eps) {
     BL_NONNULL(x);
-    BL_CHECK(bl_dtype_is_float(x->dtype), "batch_norm: x must be F32 or F64, got %s", bl_dtype_name(x->dtype));
-    BL_CHECK(x->ndim >= 2, "batch_norm: x of shape %s, expected (N, C, ...)", bl__shape(x));
-    bl_batch_norm_args args = {.N = x->shape[0], .C = x->shape[1], .S = 1, .eps = eps, .training = training};
-    for (int d = 2; d < x->ndim; d++) args.S *= x->shape[d];
-    const bl_tensor per_channel = shape_struct(1, &args.C);
-    if (check_param("batch_norm", "weight", weight, x, &per_channel) != BL_OK ||
-        check_param("batch_norm", "bias", bias, x, &per_channel) != BL_OK ||
-        check_param("batch_norm", "running_mean", running_mean, x, &per_channel) != BL_OK ||
-        check_param("batch_norm", "running_var", running_var, x, &per_channel) != BL_OK)
+    BL_CHECK(bl_dtype_is_float(x->dtype), "%s: x must be F32 or F64, got %s", op, bl_dtype_name(x->dtype));
+    BL_CHECK(x->ndim >= 2, "%s: x of shape %s, expected (N, C, ...)", op, bl__shape(x));
+    bn_act_ctx ctx = {.args = {.bn = {.N = x->shape[0], .C = x->shape[1], .S = 1, .eps = eps, .training = training},
+                               .relu = relu}};
+    bl_batch_norm_args *args = &ctx.args.bn;
+    for (int d = 2; d < x->ndim; d++) args->S *= x->shape[d];
+    const bl_tensor per_channel = shape_struct(1, &args->C);
+    if (check_param(op, "weight", weight, x, &per_channel) != BL_OK ||
+        check_param(op, "bias", bias, x, &per_channel) != BL_OK ||
+        check_param(op, "running_mean", running_mean, x, &per_channel) != BL_OK ||
+        check_param(op, "running_var", running_var, x, &per_channel) != BL_OK ||
+        check_param(op, "residual", residual, x, x) != BL_OK)
         return NULL;
-    BL_CHECK(training || (running_mean && running_var), "batch_norm: eval mode needs running_mean and running_var");
-    const int64_t M = args.N * args.S;
-    BL_CHECK(!training || M > 1, "batch_norm: training needs more than 1 value per channel, x has shape %s",
-             bl__shape(x));
+    BL_CHECK(training || (running_mean && running_var), "%s: eval mode needs running_mean and running_var", op);
+    const int64_t M = args->N * args->S;
+    BL_CHECK(!training || M > 1, "%s: training needs more than 1 value per channel, x has shape %s", op, bl__shape(x));
 
-    bl_tensor *xk = kernel_view(x), *wk = kernel_view(weight), *bk = kernel_view(bias);
-    bl_tensor *mean = bl_empty(x->dtype, 1, &args.C), *var = bl_empty(x->dtype, 1, &args.C);
-    bl_tensor *invstd = bl_empty(x->dtype, 1, &args.C), *y = bl_empty(x->dtype, x->ndim, x->shape);
-    if (!xk || (weight && !wk) || (bias && !bk) || !mean || !var || !invstd || !y) return NULL;
+    /* F32 channels-last input stays in its order; everything else is read as contiguous. */
+    ctx.args.channels_last = x->dtype == BL_F32 && cpu_is_channels_last(x) && !bl_is_contiguous(x);
+    bl_tensor *xk = ctx.args.channels_last ? bl_detach(x) : kernel_view(x);
+    bl_tensor *wk = kernel_view(weight), *bk = kernel_view(bias);
+    bl_tensor *rk = residual && xk ? cpu_values_in_order_of(residual, xk) : NULL;
+    bl_tensor *mean = bl_empty(x->dtype, 1, &args->C), *var = bl_empty(x->dtype, 1, &args->C);
+    bl_tensor *invstd = bl_empty(x->dtype, 1, &args->C), *y = xk ? empty_in_order_of(xk) : NULL;
+    if (!xk || (weight && !wk) || (bias && !bk) || (residual && !rk) || !mean || !var || !invstd || !y) return NULL;
     if (!training && (bl_copy_(mean, running_mean) != BL_OK || bl_copy_(var, running_var) != BL_OK)) return NULL;
-    if (x->dtype == BL_F32)
-        cpu_batch_norm_fwd(&args, xk->data, data_of(wk), data_of(bk), mean->data, var->data, invstd->data, y->data);
-    else
-        ref_batch_norm_fwd_f64(&args, xk->data, data_of(wk), data_of(bk), mean->data, var->data, invstd->data,
+    double t0 = bl_profile_start();
+    if (x->dtype == BL_F32) {
+        double *scratch = bl_arena_alloc(cpu_batch_norm_act_scratch(&ctx.args) * sizeof(double));
+        if (!scratch) return NULL;
+        cpu_batch_norm_act_fwd(&ctx.args, xk->data, data_of(wk), data_of(bk), data_of(rk), mean->data, var->data,
+                               invstd->data, y->data, scratch);
+    } else {
+        ref_batch_norm_fwd_f64(args, xk->data, data_of(wk), data_of(bk), mean->data, var->data, invstd->data,
                                y->data);
+        residual_act_f64(bl_numel(y), y->data, data_of(rk), relu);
+    }
+    bl_profile_stop(relu || residual ? "batch_norm_act.fwd" : "batch_norm.fwd", t0, 0);
     if (training) {
         /* Like PyTorch, the running variance tracks the unbiased estimate; normalization uses the biased one. */
         if (running_mean) blend_running(running_mean, mean, momentum, 1.0);
         if (running_var) blend_running(running_var, var, momentum, (double)M / (double)(M - 1));
     }
 
-    bl_tensor *inputs[3] = {x, weight, bias};
-    bl_node *node = bl_autograd_record(y, "batch_norm", batch_norm_backward, 3, inputs, sizeof(batch_norm_ctx));
-    if (node) *(batch_norm_ctx *)node->ctx = (batch_norm_ctx){args, xk, mean, invstd};
+    bl_tensor *inputs[4] = {x, weight, bias, residual};
+    const char *name = relu || residual ? "batch_norm_act" : "batch_norm";
+    bl_node *node = bl_autograd_record(y, name, bn_act_backward, 4, inputs, sizeof ctx);
+    if (node) {
+        ctx.backward_profile = relu || residual ? "batch_norm_act.bwd" : "batch_norm.bwd";
+        ctx.x = xk;
+        ctx.mean = mean;
+        ctx.invstd = invstd;
+        *(bn_act_ctx *)node->ctx = ctx;
+    }
     return y;
+}
+
+bl_tensor *bl_batch_norm(bl_tensor *x, bl_tensor *weight, bl_tensor *bias, bl_tensor *running_mean,
+                         bl_tensor *running_var, bool training, double momentum, double eps) {
+    return batch_norm_act("batch_norm", x, weight, bias, running_mean, running_var, NULL, false, training, momentum,
+                          eps);
+}
+
+bl_tensor *bl_batch_norm_act(bl_tensor *x, bl_tensor *weight, bl_tensor *bias, bl_tensor *running_mean,
+                             bl_tensor *running_var, bl_tensor *residual, bool relu, bool training, double momentum,
+                             double eps) {
+    return batch_norm_act("batch_norm_act", x, weight, bias, running_mean, running_var, residual, relu, training,
+                          momentum, eps);
 }
 
 /* ---- layer norm ---- */
@@ -168,6 +260,7 @@ static int layer_norm_backward_fused(bl_node *node, bl_tensor *g, bl_tensor **gi
     if (!gk || (weight && !wk) || (wants_grad(x) && !dx) || (wants_grad(weight) && !dweight) ||
         (wants_grad(bias) && !dbias))
         return BL_ERR;
+    double t0 = bl_profile_start();
     if (g->dtype == BL_F32) {
         float *scratch = bl_arena_alloc(cpu_layer_norm_bwd_scratch(&ctx->args) * sizeof(float));
         if (!scratch) return BL_ERR;
@@ -177,6 +270,7 @@ static int layer_norm_backward_fused(bl_node *node, bl_tensor *g, bl_tensor **gi
         ref_layer_norm_bwd_f64(&ctx->args, gk->data, ctx->x->data, ctx->mean->data, ctx->invstd->data,
                                data_of(wk), data_of(dx), data_of(dweight), data_of(dbias));
     }
+    bl_profile_stop("layer_norm.bwd", t0, 0);
     gin[0] = dx;
     gin[1] = dweight;
     gin[2] = dbias;
@@ -232,10 +326,12 @@ bl_tensor *bl_layer_norm(bl_tensor *x, int ndim, const int64_t *shape, bl_tensor
     bl_tensor *mean = bl_empty(x->dtype, 1, &args.R), *invstd = bl_empty(x->dtype, 1, &args.R);
     bl_tensor *y = bl_empty(x->dtype, x->ndim, x->shape);
     if (!xk || (weight && !wk) || (bias && !bk) || !mean || !invstd || !y) return NULL;
+    double t0 = bl_profile_start();
     if (x->dtype == BL_F32)
         cpu_layer_norm_fwd(&args, xk->data, data_of(wk), data_of(bk), mean->data, invstd->data, y->data);
     else
         ref_layer_norm_fwd_f64(&args, xk->data, data_of(wk), data_of(bk), mean->data, invstd->data, y->data);
+    bl_profile_stop("layer_norm.fwd", t0, 0);
 
     bl_tensor *inputs[3] = {x, weight, bias};
     bl_node *node = bl_autograd_record(y, "layer_norm", layer_norm_backward, 3, inputs, sizeof(layer_norm_ctx));

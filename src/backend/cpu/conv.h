@@ -2,8 +2,9 @@
  * reference kernels in backend/ref/ref_conv.h (NCHW activations, OIHW weights):
  *  - im2col + GEMM (always built): each image is unfolded into a column matrix and multiplied by
  *    the weights; images are spread over the OpenMP threads, one single-threaded GEMM each.
- *  - oneDNN direct convolution (when built with it): primitives cached per shape, activations
- *    reordered to the layout oneDNN prefers for the call and back.
+ *  - oneDNN direct convolution (when built with it): primitives cached per shape, NCHW activations
+ *    reordered to the layout oneDNN prefers for the call and back, channels-last ones used as
+ *    they are.
  * Neither allocates: the caller passes scratch memory of the size the matching *_workspace
  * function gives (it may differ between passes and shapes). */
 #ifndef BALLAST_CPU_CONV_H
@@ -65,6 +66,17 @@ typedef struct {
 int onednn_conv2d_bwd_prepare(const bl_conv_geom *g, bool with_bias, size_t *workspace);
 int onednn_conv2d_bwd_f32(const bl_conv_geom *g, float *dx, float *dw, float *db, const float *dy, const float *w,
                           const float *x, const onednn_saved_input *saved, void *work);
+/* The same for channels-last activations: x, y, dx and dy are (N, H, W, C) in memory (see
+ * layout.h), weights still (O, C/groups, KH, KW). The prepare functions return BL_ERR, without an
+ * error, when oneDNN has no fast kernel for this geometry in this layout (the caller then converts
+ * to NCHW). The backward computes dx (when not NULL) and dw with db (O) (when dw is not NULL; db
+ * may be NULL) in one call. */
+int onednn_conv2d_nhwc_prepare(const bl_conv_geom *g, bl_conv_pass pass, bool with_bias, size_t *workspace);
+int onednn_conv2d_nhwc_fwd_f32(const bl_conv_geom *g, float *y, const float *x, const float *w, const float *bias,
+                               void *work);
+int onednn_conv2d_nhwc_bwd_prepare(const bl_conv_geom *g, bool with_bias, size_t *workspace);
+int onednn_conv2d_nhwc_bwd_f32(const bl_conv_geom *g, float *dx, float *dw, float *db, const float *dy,
+                               const float *w, const float *x, void *work);
 /* Frees every cached primitive (for leak checkers and tests). */
 void onednn_conv_release_all(void);
 #endif

@@ -4,7 +4,11 @@
  * E[x^2] - E[x]^2 when |mean| >> std; they run in float over short blocks, which vectorises, and the
  * blocks are combined in double, so a channel of a million values keeps float accuracy. Batch norm
  * over large maps goes channel by channel, normalising each channel right after its statistics while
- * it is still in cache; over small maps it goes by blocks of channels (see SMALL_S). */
+ * it is still in cache; over small maps it goes by blocks of channels (see SMALL_S); over
+ * channels-last memory by rows, each thread summing its share of the rows per channel. The batch
+ * norm kernels also add a residual and apply a ReLU on the way out, and their backward masks the
+ * gradient by the ReLU and hands it to the residual, so a residual block's BN + add + ReLU is one
+ * pass forward and two backward. */
 #include "norm.h"
 
 #include <math.h>
@@ -69,7 +73,15 @@ static void weighted_grad_moments(const float *g, const float *w, const float *x
     }
 }
 
-/* ---- batch norm ---- */
+static int max_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+/* ---- batch norm, with an optional residual and ReLU ---- */
 
 /* Below this spatial size a channel's values are short runs strided across the batch (S = 1 for
  * (N, C) activations), and walking them channel by channel is mostly call and stride overhead.
@@ -78,6 +90,10 @@ static void weighted_grad_moments(const float *g, const float *w, const float *x
 #define SMALL_S 128
 #define COLUMNS 512
 _Static_assert(SMALL_S <= COLUMNS, "a block holds at least one channel");
+/* Channels-last rows summed in float before the partial sums move to double, and the width of the
+ * column chunks those float sums cover (they live on the stack). */
+#define ROW_BLOCK 64
+#define ROW_CHUNK 256
 
 /* Batch statistics from the sums of deviations from `shift` over M values. */
 static void channel_stats(double sum, double sumsq, double M, float shift, float *mean, float *var) {
@@ -86,8 +102,9 @@ static void channel_stats(double sum, double sumsq, double M, float shift, float
     *var = (float)fmax(sumsq / M - m * m, 0.0);
 }
 
-/* The backward of one channel as dx = k * (g - mean_g - (x - mean) * coef). In training,
- * k = weight * istd, mean_g = mean(g) and coef = istd^2 * mean(g * (x - mean)): the statistics'
+/* The backward of one channel as dx = k * (gz - mean_g - (x - mean) * coef), gz the gradient that
+ * reaches the normalization (g, masked by the ReLU when there is one). In training,
+ * k = weight * istd, mean_g = mean(gz) and coef = istd^2 * mean(gz * (x - mean)): the statistics'
  * dependence on x gives the two subtracted terms. In eval the statistics are constants. */
 typedef struct { float k, mean_g, coef; } channel_grad;
 
@@ -102,44 +119,132 @@ static channel_grad batch_norm_channel_grad(const bl_batch_norm_args *a, double 
     return cg;
 }
 
-static void batch_norm_fwd_channels(const bl_batch_norm_args *a, const float *x, const float *weight,
-                                    const float *bias, float *mean, float *var, float *invstd, float *y) {
-    const int64_t N = a->N, C = a->C, S = a->S;
+/* As grad_moments over gz = (y > 0 ? g : 0): the gradient below a ReLU whose output is y. */
+static void masked_grad_moments(const float *g, const float *y, const float *x, int64_t n, float mu, double *sum_g,
+                                double *sum_g_xc) {
+    for (int64_t start = 0; start < n; start += BLOCK) {
+        const int64_t end = min_i64(start + BLOCK, n);
+        float s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s1, s2)
+        for (int64_t i = start; i < end; i++) {
+            float gz = y[i] > 0 ? g[i] : 0.0f;
+            s1 += gz;
+            s2 += gz * (x[i] - mu);
+        }
+        *sum_g += s1;
+        *sum_g_xc += s2;
+    }
+}
+
+/* y = max(y, 0) over n values, in place (NaN passes, as bl_relu). */
+static void relu_run(int64_t n, float *y) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++) y[i] = y[i] < 0 ? 0.0f : y[i];
+}
+
+/* One contiguous run of a channel: y = act((x - mu) * scale + offset + residual). */
+static void normalize_run(int64_t n, const float *x, const float *residual, float mu, float scale, float offset,
+                          bool relu, float *y) {
+    if (residual) {
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++) y[i] = (x[i] - mu) * scale + offset + residual[i];
+    } else {
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++) y[i] = (x[i] - mu) * scale + offset;
+    }
+    if (relu) relu_run(n, y);
+}
+
+/* One contiguous run of a channel's gradients: dresidual = gz (when asked), dx from channel_grad.
+ * y is the ReLU's output (NULL without a ReLU). */
+static void channel_grad_run(int64_t n, const float *g, const float *y, const float *x, float mu, channel_grad cg,
+                             float *dx, float *dresidual) {
+    if (y) {
+        if (dresidual) {
+#pragma omp simd
+            for (int64_t i = 0; i < n; i++) dresidual[i] = y[i] > 0 ? g[i] : 0.0f;
+        }
+        if (dx) {
+#pragma omp simd
+            for (int64_t i = 0; i < n; i++) {
+                float gz = y[i] > 0 ? g[i] : 0.0f;
+                dx[i] = cg.k * (gz - cg.mean_g - (x[i] - mu) * cg.coef);
+            }
+        }
+        return;
+    }
+    if (dresidual) memcpy(dresidual, g, (size_t)n * sizeof *g);
+    if (dx) {
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++) dx[i] = cg.k * (g[i] - cg.mean_g - (x[i] - mu) * cg.coef);
+    }
+}
+
+/* -- channel planes (N, C, S), large S: channel by channel -- */
+
+static void bn_act_fwd_channels(const cpu_bn_act_args *a, const float *x, const float *weight, const float *bias,
+                                const float *residual, float *mean, float *var, float *invstd, float *y) {
+    const int64_t N = a->bn.N, C = a->bn.C, S = a->bn.S;
 #pragma omp parallel for schedule(static) if (N * C * S >= PARALLEL_MIN)
     for (int64_t c = 0; c < C; c++) {
-        if (a->training) {
+        if (a->bn.training) {
             const float shift = x[c * S];
             double sum = 0, sumsq = 0;
             for (int64_t n = 0; n < N; n++) shifted_moments(x + (n * C + c) * S, S, shift, &sum, &sumsq);
             channel_stats(sum, sumsq, (double)(N * S), shift, &mean[c], &var[c]);
         }
-        const float mu = mean[c];
-        const float istd = (float)(1.0 / sqrt((double)var[c] + a->eps));
+        const float istd = (float)(1.0 / sqrt((double)var[c] + a->bn.eps));
         const float scale = istd * (weight ? weight[c] : 1.0f), offset = bias ? bias[c] : 0.0f;
         invstd[c] = istd;
         for (int64_t n = 0; n < N; n++) {
-            const float *xr = x + (n * C + c) * S;
-            float *yr = y + (n * C + c) * S;
-#pragma omp simd
-            for (int64_t s = 0; s < S; s++) yr[s] = (xr[s] - mu) * scale + offset;
+            const int64_t at = (n * C + c) * S;
+            normalize_run(S, x + at, residual ? residual + at : NULL, mean[c], scale, offset, a->relu, y + at);
         }
     }
 }
 
-static void batch_norm_fwd_columns(const bl_batch_norm_args *a, const float *x, const float *weight,
-                                   const float *bias, float *mean, float *var, float *invstd, float *y) {
-    const int64_t N = a->N, C = a->C, S = a->S, block = COLUMNS / S;
+static void bn_act_bwd_channels(const cpu_bn_act_args *a, const float *g, const float *x, const float *y,
+                                const float *mean, const float *invstd, const float *weight, float *dx,
+                                float *dweight, float *dbias, float *dresidual) {
+    const int64_t N = a->bn.N, C = a->bn.C, S = a->bn.S;
+    const float *mask = a->relu ? y : NULL;
+#pragma omp parallel for schedule(static) if (N * C * S >= PARALLEL_MIN)
+    for (int64_t c = 0; c < C; c++) {
+        const float mu = mean[c], istd = invstd[c];
+        double sum_g = 0, sum_g_xc = 0;
+        if (a->bn.training || dweight || dbias)
+            for (int64_t n = 0; n < N; n++) {
+                const int64_t at = (n * C + c) * S;
+                if (mask)
+                    masked_grad_moments(g + at, mask + at, x + at, S, mu, &sum_g, &sum_g_xc);
+                else
+                    grad_moments(g + at, x + at, S, mu, &sum_g, &sum_g_xc);
+            }
+        if (dweight) dweight[c] = (float)(sum_g_xc * istd);
+        if (dbias) dbias[c] = (float)sum_g;
+        const channel_grad cg = batch_norm_channel_grad(&a->bn, sum_g, sum_g_xc, istd, weight ? weight[c] : 1.0f);
+        for (int64_t n = 0; n < N; n++) {
+            const int64_t at = (n * C + c) * S;
+            channel_grad_run(S, g + at, mask ? mask + at : NULL, x + at, mu, cg, dx ? dx + at : NULL,
+                             dresidual ? dresidual + at : NULL);
+        }
+    }
+}
+
+/* -- channel planes (N, C, S), small S: blocks of channels as columns -- */
+
+static void bn_act_fwd_columns(const cpu_bn_act_args *a, const float *x, const float *weight, const float *bias,
+                               const float *residual, float *mean, float *var, float *invstd, float *y) {
+    const int64_t N = a->bn.N, C = a->bn.C, S = a->bn.S, block = COLUMNS / S;
 #pragma omp parallel for schedule(static) if (N * C * S >= PARALLEL_MIN)
     for (int64_t c0 = 0; c0 < C; c0 += block) {
         const int64_t n_channels = min_i64(block, C - c0), cols = n_channels * S;
-        const float *xb = x + c0 * S;
-        float *yb = y + c0 * S;
         float col_mean[COLUMNS], col_scale[COLUMNS], col_offset[COLUMNS];
-        if (a->training) {
+        if (a->bn.training) {
             /* Summed in double straight away: each column gets one addition per sample. */
             double sum[COLUMNS] = {0}, sumsq[COLUMNS] = {0};
             for (int64_t n = 0; n < N; n++) {
-                const float *xr = xb + n * C * S;
+                const float *xr = x + c0 * S + n * C * S;
 #pragma omp simd
                 for (int64_t j = 0; j < cols; j++) {
                     double v = xr[j];
@@ -158,7 +263,7 @@ static void batch_norm_fwd_columns(const bl_batch_norm_args *a, const float *x, 
         }
         for (int64_t k = 0; k < n_channels; k++) {
             const int64_t c = c0 + k;
-            const float istd = (float)(1.0 / sqrt((double)var[c] + a->eps));
+            const float istd = (float)(1.0 / sqrt((double)var[c] + a->bn.eps));
             invstd[c] = istd;
             for (int64_t s = 0; s < S; s++) {
                 col_mean[k * S + s] = mean[c];
@@ -167,63 +272,50 @@ static void batch_norm_fwd_columns(const bl_batch_norm_args *a, const float *x, 
             }
         }
         for (int64_t n = 0; n < N; n++) {
-            const float *xr = xb + n * C * S;
-            float *yr = yb + n * C * S;
+            const int64_t at = c0 * S + n * C * S;
+            const float *xr = x + at, *rr = residual ? residual + at : NULL;
+            float *yr = y + at;
+            if (rr) {
 #pragma omp simd
-            for (int64_t j = 0; j < cols; j++) yr[j] = (xr[j] - col_mean[j]) * col_scale[j] + col_offset[j];
+                for (int64_t j = 0; j < cols; j++)
+                    yr[j] = (xr[j] - col_mean[j]) * col_scale[j] + col_offset[j] + rr[j];
+            } else {
+#pragma omp simd
+                for (int64_t j = 0; j < cols; j++) yr[j] = (xr[j] - col_mean[j]) * col_scale[j] + col_offset[j];
+            }
+            if (a->relu) relu_run(cols, yr);
         }
     }
 }
 
-void cpu_batch_norm_fwd(const bl_batch_norm_args *a, const float *x, const float *weight, const float *bias,
-                        float *mean, float *var, float *invstd, float *y) {
-    if (a->S < SMALL_S)
-        batch_norm_fwd_columns(a, x, weight, bias, mean, var, invstd, y);
-    else
-        batch_norm_fwd_channels(a, x, weight, bias, mean, var, invstd, y);
-}
-
-static void batch_norm_bwd_channels(const bl_batch_norm_args *a, const float *g, const float *x, const float *mean,
-                                    const float *invstd, const float *weight, float *dx, float *dweight,
-                                    float *dbias) {
-    const int64_t N = a->N, C = a->C, S = a->S;
-#pragma omp parallel for schedule(static) if (N * C * S >= PARALLEL_MIN)
-    for (int64_t c = 0; c < C; c++) {
-        const float mu = mean[c], istd = invstd[c];
-        double sum_g = 0, sum_g_xc = 0;
-        if (a->training || dweight || dbias)
-            for (int64_t n = 0; n < N; n++)
-                grad_moments(g + (n * C + c) * S, x + (n * C + c) * S, S, mu, &sum_g, &sum_g_xc);
-        if (dweight) dweight[c] = (float)(sum_g_xc * istd);
-        if (dbias) dbias[c] = (float)sum_g;
-        if (!dx) continue;
-        const channel_grad cg = batch_norm_channel_grad(a, sum_g, sum_g_xc, istd, weight ? weight[c] : 1.0f);
-        for (int64_t n = 0; n < N; n++) {
-            const float *gr = g + (n * C + c) * S, *xr = x + (n * C + c) * S;
-            float *dr = dx + (n * C + c) * S;
-#pragma omp simd
-            for (int64_t s = 0; s < S; s++) dr[s] = cg.k * (gr[s] - cg.mean_g - (xr[s] - mu) * cg.coef);
-        }
-    }
-}
-
-static void batch_norm_bwd_columns(const bl_batch_norm_args *a, const float *g, const float *x, const float *mean,
-                                   const float *invstd, const float *weight, float *dx, float *dweight,
-                                   float *dbias) {
-    const int64_t N = a->N, C = a->C, S = a->S, block = COLUMNS / S;
+static void bn_act_bwd_columns(const cpu_bn_act_args *a, const float *g, const float *x, const float *y,
+                               const float *mean, const float *invstd, const float *weight, float *dx, float *dweight,
+                               float *dbias, float *dresidual) {
+    const int64_t N = a->bn.N, C = a->bn.C, S = a->bn.S, block = COLUMNS / S;
+    const float *mask = a->relu ? y : NULL;
 #pragma omp parallel for schedule(static) if (N * C * S >= PARALLEL_MIN)
     for (int64_t c0 = 0; c0 < C; c0 += block) {
         const int64_t n_channels = min_i64(block, C - c0), cols = n_channels * S, offset = c0 * S;
         float col_mean[COLUMNS], col_k[COLUMNS], col_mean_g[COLUMNS], col_coef[COLUMNS];
         double sum_g[COLUMNS] = {0}, sum_g_xc[COLUMNS] = {0};
         for (int64_t j = 0; j < cols; j++) col_mean[j] = mean[c0 + j / S];
-        if (a->training || dweight || dbias)
+        if (a->bn.training || dweight || dbias)
             for (int64_t n = 0; n < N; n++) {
-                const float *gr = g + offset + n * C * S, *xr = x + offset + n * C * S;
+                const int64_t at = offset + n * C * S;
+                const float *gr = g + at, *xr = x + at, *mr = mask ? mask + at : NULL;
+                if (mr) {
 #pragma omp simd
-                for (int64_t j = 0; j < cols; j++) {
-                    sum_g[j] += gr[j];
-                    sum_g_xc[j] += (double)gr[j] * (xr[j] - col_mean[j]);
+                    for (int64_t j = 0; j < cols; j++) {
+                        float gz = mr[j] > 0 ? gr[j] : 0.0f;
+                        sum_g[j] += gz;
+                        sum_g_xc[j] += (double)gz * (xr[j] - col_mean[j]);
+                    }
+                } else {
+#pragma omp simd
+                    for (int64_t j = 0; j < cols; j++) {
+                        sum_g[j] += gr[j];
+                        sum_g_xc[j] += (double)gr[j] * (xr[j] - col_mean[j]);
+                    }
                 }
             }
         for (int64_t k = 0; k < n_channels; k++) {
@@ -236,30 +328,276 @@ static void batch_norm_bwd_columns(const bl_batch_norm_args *a, const float *g, 
             if (dweight) dweight[c] = (float)(channel_g_xc * invstd[c]);
             if (dbias) dbias[c] = (float)channel_g;
             const channel_grad cg =
-                batch_norm_channel_grad(a, channel_g, channel_g_xc, invstd[c], weight ? weight[c] : 1.0f);
+                batch_norm_channel_grad(&a->bn, channel_g, channel_g_xc, invstd[c], weight ? weight[c] : 1.0f);
             for (int64_t s = 0; s < S; s++) {
                 col_k[k * S + s] = cg.k;
                 col_mean_g[k * S + s] = cg.mean_g;
                 col_coef[k * S + s] = cg.coef;
             }
         }
-        if (!dx) continue;
         for (int64_t n = 0; n < N; n++) {
-            const float *gr = g + offset + n * C * S, *xr = x + offset + n * C * S;
-            float *dr = dx + offset + n * C * S;
+            const int64_t at = offset + n * C * S;
+            const float *gr = g + at, *xr = x + at, *mr = mask ? mask + at : NULL;
+            float *dr = dx ? dx + at : NULL, *rr = dresidual ? dresidual + at : NULL;
+            if (rr && mr) {
 #pragma omp simd
-            for (int64_t j = 0; j < cols; j++)
-                dr[j] = col_k[j] * (gr[j] - col_mean_g[j] - (xr[j] - col_mean[j]) * col_coef[j]);
+                for (int64_t j = 0; j < cols; j++) rr[j] = mr[j] > 0 ? gr[j] : 0.0f;
+            } else if (rr) {
+                memcpy(rr, gr, (size_t)cols * sizeof *gr);
+            }
+            if (!dr) continue;
+            if (mr) {
+#pragma omp simd
+                for (int64_t j = 0; j < cols; j++) {
+                    float gz = mr[j] > 0 ? gr[j] : 0.0f;
+                    dr[j] = col_k[j] * (gz - col_mean_g[j] - (xr[j] - col_mean[j]) * col_coef[j]);
+                }
+            } else {
+#pragma omp simd
+                for (int64_t j = 0; j < cols; j++)
+                    dr[j] = col_k[j] * (gr[j] - col_mean_g[j] - (xr[j] - col_mean[j]) * col_coef[j]);
+            }
         }
     }
 }
 
+/* -- channels last: an (M, C) matrix, M = N * S, one channel per column --
+ * The rows are split over the threads; each thread sums its rows per column (in float over
+ * ROW_BLOCK rows, then in double) into its own slice of scratch, and the slices are added up. The
+ * per-column constants of the second pass (scale and offset, or the gradient's k, mean_g and
+ * coef) sit in scratch after the slices. */
+
+static int team_size(void) {
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
+static int thread_index(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/* The rows [*begin, *end) of M that thread t of a team of T takes. */
+static void thread_rows(int64_t M, int t, int T, int64_t *begin, int64_t *end) {
+    const int64_t per = (M + T - 1) / T;
+    *begin = min_i64((int64_t)t * per, M);
+    *end = min_i64(*begin + per, M);
+}
+
+/* sum[c] += sum(x[r][c] - shift[c]), sumsq[c] += sum((x[r][c] - shift[c])^2) over rows [r0, r1). */
+static void rows_moments(const float *x, int64_t C, int64_t r0, int64_t r1, const float *shift, double *sum,
+                         double *sumsq) {
+    for (int64_t c0 = 0; c0 < C; c0 += ROW_CHUNK) {
+        const int64_t width = min_i64(ROW_CHUNK, C - c0);
+        for (int64_t b0 = r0; b0 < r1; b0 += ROW_BLOCK) {
+            float s1[ROW_CHUNK], s2[ROW_CHUNK];
+            for (int64_t j = 0; j < width; j++) s1[j] = s2[j] = 0;
+            for (int64_t r = b0; r < min_i64(b0 + ROW_BLOCK, r1); r++) {
+                const float *xr = x + r * C + c0;
+#pragma omp simd
+                for (int64_t j = 0; j < width; j++) {
+                    float d = xr[j] - shift[c0 + j];
+                    s1[j] += d;
+                    s2[j] += d * d;
+                }
+            }
+            for (int64_t j = 0; j < width; j++) {
+                sum[c0 + j] += s1[j];
+                sumsq[c0 + j] += s2[j];
+            }
+        }
+    }
+}
+
+/* sum[c] += sum(gz), sum_xc[c] += sum(gz * (x - mean[c])) over rows [r0, r1), gz = g masked by y
+ * (the ReLU's output) when y is not NULL. */
+static void rows_grad_moments(const float *g, const float *y, const float *x, int64_t C, int64_t r0, int64_t r1,
+                              const float *mean, double *sum, double *sum_xc) {
+    for (int64_t c0 = 0; c0 < C; c0 += ROW_CHUNK) {
+        const int64_t width = min_i64(ROW_CHUNK, C - c0);
+        const float *mu = mean + c0;
+        for (int64_t b0 = r0; b0 < r1; b0 += ROW_BLOCK) {
+            float s1[ROW_CHUNK], s2[ROW_CHUNK];
+            for (int64_t j = 0; j < width; j++) s1[j] = s2[j] = 0;
+            for (int64_t r = b0; r < min_i64(b0 + ROW_BLOCK, r1); r++) {
+                const int64_t at = r * C + c0;
+                const float *gr = g + at, *xr = x + at;
+                if (y) {
+                    const float *yr = y + at;
+#pragma omp simd
+                    for (int64_t j = 0; j < width; j++) {
+                        float gz = yr[j] > 0 ? gr[j] : 0.0f;
+                        s1[j] += gz;
+                        s2[j] += gz * (xr[j] - mu[j]);
+                    }
+                } else {
+#pragma omp simd
+                    for (int64_t j = 0; j < width; j++) {
+                        s1[j] += gr[j];
+                        s2[j] += gr[j] * (xr[j] - mu[j]);
+                    }
+                }
+            }
+            for (int64_t j = 0; j < width; j++) {
+                sum[c0 + j] += s1[j];
+                sum_xc[c0 + j] += s2[j];
+            }
+        }
+    }
+}
+
+/* Adds the T per-thread slices of 2C doubles into the first one. */
+static void add_slices(double *scratch, int64_t C, int T) {
+    for (int t = 1; t < T; t++)
+        for (int64_t j = 0; j < 2 * C; j++) scratch[j] += scratch[(size_t)t * 2 * (size_t)C + (size_t)j];
+}
+
+static void bn_act_fwd_rows(const cpu_bn_act_args *a, const float *x, const float *weight, const float *bias,
+                            const float *residual, float *mean, float *var, float *invstd, float *y,
+                            double *scratch) {
+    const int64_t C = a->bn.C, M = a->bn.N * a->bn.S;
+    const bool parallel = M * C >= PARALLEL_MIN;
+    float *scale = (float *)(scratch + (size_t)max_threads() * 2 * (size_t)C), *offset = scale + C;
+    int T = 1;
+    if (a->bn.training) {
+        /* Deviations from the first row, which every thread shares, avoid cancellation. */
+#pragma omp parallel if (parallel)
+        {
+            const int t = thread_index();
+            if (t == 0) T = team_size();
+            double *sum = scratch + (size_t)t * 2 * (size_t)C;
+            memset(sum, 0, 2 * (size_t)C * sizeof *sum);
+            int64_t r0, r1;
+            thread_rows(M, t, team_size(), &r0, &r1);
+            rows_moments(x, C, r0, r1, x, sum, sum + C);
+        }
+        add_slices(scratch, C, T);
+        for (int64_t c = 0; c < C; c++) channel_stats(scratch[c], scratch[C + c], (double)M, x[c], &mean[c], &var[c]);
+    }
+    for (int64_t c = 0; c < C; c++) {
+        invstd[c] = (float)(1.0 / sqrt((double)var[c] + a->bn.eps));
+        scale[c] = invstd[c] * (weight ? weight[c] : 1.0f);
+        offset[c] = bias ? bias[c] : 0.0f;
+    }
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int64_t r = 0; r < M; r++) {
+        const float *xr = x + r * C, *rr = residual ? residual + r * C : NULL;
+        float *yr = y + r * C;
+        if (rr) {
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) yr[c] = (xr[c] - mean[c]) * scale[c] + offset[c] + rr[c];
+        } else {
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) yr[c] = (xr[c] - mean[c]) * scale[c] + offset[c];
+        }
+        if (a->relu) relu_run(C, yr);
+    }
+}
+
+static void bn_act_bwd_rows(const cpu_bn_act_args *a, const float *g, const float *x, const float *y,
+                            const float *mean, const float *invstd, const float *weight, float *dx, float *dweight,
+                            float *dbias, float *dresidual, double *scratch) {
+    const int64_t C = a->bn.C, M = a->bn.N * a->bn.S;
+    const bool parallel = M * C >= PARALLEL_MIN;
+    const float *mask = a->relu ? y : NULL;
+    float *col_k = (float *)(scratch + (size_t)max_threads() * 2 * (size_t)C), *col_mean_g = col_k + C,
+          *col_coef = col_mean_g + C;
+    int T = 1;
+    if (a->bn.training || dweight || dbias) {
+#pragma omp parallel if (parallel)
+        {
+            const int t = thread_index();
+            if (t == 0) T = team_size();
+            double *sum = scratch + (size_t)t * 2 * (size_t)C;
+            memset(sum, 0, 2 * (size_t)C * sizeof *sum);
+            int64_t r0, r1;
+            thread_rows(M, t, team_size(), &r0, &r1);
+            rows_grad_moments(g, mask, x, C, r0, r1, mean, sum, sum + C);
+        }
+        add_slices(scratch, C, T);
+    } else {
+        memset(scratch, 0, 2 * (size_t)C * sizeof *scratch);
+    }
+    for (int64_t c = 0; c < C; c++) {
+        if (dweight) dweight[c] = (float)(scratch[C + c] * invstd[c]);
+        if (dbias) dbias[c] = (float)scratch[c];
+        const channel_grad cg =
+            batch_norm_channel_grad(&a->bn, scratch[c], scratch[C + c], invstd[c], weight ? weight[c] : 1.0f);
+        col_k[c] = cg.k;
+        col_mean_g[c] = cg.mean_g;
+        col_coef[c] = cg.coef;
+    }
+    if (!dx && !dresidual) return;
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int64_t r = 0; r < M; r++) {
+        const int64_t at = r * C;
+        const float *gr = g + at, *xr = x + at, *mr = mask ? mask + at : NULL;
+        float *dr = dx ? dx + at : NULL, *rr = dresidual ? dresidual + at : NULL;
+        if (rr && mr) {
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) rr[c] = mr[c] > 0 ? gr[c] : 0.0f;
+        } else if (rr) {
+            memcpy(rr, gr, (size_t)C * sizeof *gr);
+        }
+        if (!dr) continue;
+        if (mr) {
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) {
+                float gz = mr[c] > 0 ? gr[c] : 0.0f;
+                dr[c] = col_k[c] * (gz - col_mean_g[c] - (xr[c] - mean[c]) * col_coef[c]);
+            }
+        } else {
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) dr[c] = col_k[c] * (gr[c] - col_mean_g[c] - (xr[c] - mean[c]) * col_coef[c]);
+        }
+    }
+}
+
+/* -- entry points -- */
+
+size_t cpu_batch_norm_act_scratch(const cpu_bn_act_args *a) {
+    /* per-thread sums, then three floats per channel (rounded up to doubles) */
+    return a->channels_last ? ((size_t)max_threads() * 2 + 2) * (size_t)a->bn.C : 0;
+}
+
+void cpu_batch_norm_act_fwd(const cpu_bn_act_args *a, const float *x, const float *weight, const float *bias,
+                            const float *residual, float *mean, float *var, float *invstd, float *y,
+                            double *scratch) {
+    if (a->channels_last)
+        bn_act_fwd_rows(a, x, weight, bias, residual, mean, var, invstd, y, scratch);
+    else if (a->bn.S < SMALL_S)
+        bn_act_fwd_columns(a, x, weight, bias, residual, mean, var, invstd, y);
+    else
+        bn_act_fwd_channels(a, x, weight, bias, residual, mean, var, invstd, y);
+}
+
+void cpu_batch_norm_act_bwd(const cpu_bn_act_args *a, const float *g, const float *x, const float *y,
+                            const float *mean, const float *invstd, const float *weight, float *dx, float *dweight,
+                            float *dbias, float *dresidual, double *scratch) {
+    if (a->channels_last)
+        bn_act_bwd_rows(a, g, x, y, mean, invstd, weight, dx, dweight, dbias, dresidual, scratch);
+    else if (a->bn.S < SMALL_S)
+        bn_act_bwd_columns(a, g, x, y, mean, invstd, weight, dx, dweight, dbias, dresidual);
+    else
+        bn_act_bwd_channels(a, g, x, y, mean, invstd, weight, dx, dweight, dbias, dresidual);
+}
+
+void cpu_batch_norm_fwd(const bl_batch_norm_args *a, const float *x, const float *weight, const float *bias,
+                        float *mean, float *var, float *invstd, float *y) {
+    const cpu_bn_act_args plain = {.bn = *a};
+    cpu_batch_norm_act_fwd(&plain, x, weight, bias, NULL, mean, var, invstd, y, NULL);
+}
+
 void cpu_batch_norm_bwd(const bl_batch_norm_args *a, const float *g, const float *x, const float *mean,
                         const float *invstd, const float *weight, float *dx, float *dweight, float *dbias) {
-    if (a->S < SMALL_S)
-        batch_norm_bwd_columns(a, g, x, mean, invstd, weight, dx, dweight, dbias);
-    else
-        batch_norm_bwd_channels(a, g, x, mean, invstd, weight, dx, dweight, dbias);
+    const cpu_bn_act_args plain = {.bn = *a};
+    cpu_batch_norm_act_bwd(&plain, g, x, NULL, mean, invstd, weight, dx, dweight, dbias, NULL, NULL);
 }
 
 /* ---- layer norm ---- */
@@ -292,14 +630,6 @@ void cpu_layer_norm_fwd(const bl_layer_norm_args *a, const float *x, const float
 #pragma omp simd
             for (int64_t d = 0; d < D; d++) yr[d] += bias[d];
     }
-}
-
-static int max_threads(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
 }
 
 size_t cpu_layer_norm_bwd_scratch(const bl_layer_norm_args *a) { return (size_t)max_threads() * 2 * (size_t)a->D; }

@@ -9,7 +9,9 @@
  * copies and oneDNN's own scratchpad live in the workspace the caller passes, so nothing is
  * allocated per call. In training, the forward pass can leave its reordered x in caller memory
  * for the weight gradient, and the fused backward reorders dy once for both of its passes: four
- * activation reorders per convolution and step instead of six. */
+ * activation reorders per convolution and step instead of six. Channels-last (NHWC) activations
+ * avoid even those: their primitives are created for NHWC, which oneDNN's AVX-512 and AVX2
+ * kernels run as fast as their blocked layouts, so only the (small) weights are reordered. */
 #include "conv.h"
 
 #include "ballast/tensor.h"
@@ -27,6 +29,7 @@ typedef struct {
     bl_conv_geom geom;
     int64_t pass;
     int64_t with_bias;
+    int64_t channels_last; /* activations NHWC in the caller's memory and in the primitive's */
 } entry_key;
 
 /* One primitive argument: the caller's memory in the plain layout and, when the primitive wants
@@ -132,6 +135,13 @@ static const dnnl_memory_desc_t *chosen(const_dnnl_primitive_desc_t pd, dnnl_que
     return dnnl_primitive_desc_query_md(pd, what, index);
 }
 
+/* False when pd runs oneDNN's reference implementation ("ref:..."). */
+static bool optimized(const_dnnl_primitive_desc_t pd) {
+    const char *impl = NULL;
+    if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) != dnnl_success || !impl) return false;
+    return strncmp(impl, "ref", 3) != 0;
+}
+
 static entry *build_entry(const entry_key *key) {
     const bl_conv_geom *g = &key->geom;
     entry *e = calloc(1, sizeof *e);
@@ -157,13 +167,17 @@ static entry *build_entry(const entry_key *key) {
     dnnl_dims_t pad_r = {(g->OH - 1) * g->stride_h + (g->KH - 1) * g->dilation_h + 1 - g->H - g->pad_h,
                          (g->OW - 1) * g->stride_w + (g->KW - 1) * g->dilation_w + 1 - g->W - g->pad_w};
 
+    /* NCHW activations let the primitive pick its layout (reordered per call); NHWC ones are
+     * imposed on it, so that they need no reorder at all. */
+    const dnnl_format_tag_t user_tag = key->channels_last ? dnnl_nhwc : dnnl_nchw;
+    const dnnl_format_tag_t act_tag = key->channels_last ? dnnl_nhwc : dnnl_format_tag_any;
     dnnl_memory_desc_t src_user, dst_user, w_user, bias_md, src_any, dst_any, w_any;
-    DNNL_TRY(dnnl_memory_desc_init_by_tag(&src_user, 4, src_dims, dnnl_f32, dnnl_nchw));
-    DNNL_TRY(dnnl_memory_desc_init_by_tag(&dst_user, 4, dst_dims, dnnl_f32, dnnl_nchw));
+    DNNL_TRY(dnnl_memory_desc_init_by_tag(&src_user, 4, src_dims, dnnl_f32, user_tag));
+    DNNL_TRY(dnnl_memory_desc_init_by_tag(&dst_user, 4, dst_dims, dnnl_f32, user_tag));
     DNNL_TRY(dnnl_memory_desc_init_by_tag(&w_user, w_ndims, w_dims, dnnl_f32, w_tag));
     DNNL_TRY(dnnl_memory_desc_init_by_tag(&bias_md, 1, bias_dims, dnnl_f32, dnnl_a));
-    DNNL_TRY(dnnl_memory_desc_init_by_tag(&src_any, 4, src_dims, dnnl_f32, dnnl_format_tag_any));
-    DNNL_TRY(dnnl_memory_desc_init_by_tag(&dst_any, 4, dst_dims, dnnl_f32, dnnl_format_tag_any));
+    DNNL_TRY(dnnl_memory_desc_init_by_tag(&src_any, 4, src_dims, dnnl_f32, act_tag));
+    DNNL_TRY(dnnl_memory_desc_init_by_tag(&dst_any, 4, dst_dims, dnnl_f32, act_tag));
     DNNL_TRY(dnnl_memory_desc_init_by_tag(&w_any, w_ndims, w_dims, dnnl_f32, dnnl_format_tag_any));
 
     DNNL_TRY(dnnl_primitive_attr_create(&attr));
@@ -215,6 +229,9 @@ static entry *build_entry(const entry_key *key) {
         break;
     }
 #undef SLOT
+    /* oneDNN's reference loops (its fallback for layouts without a tuned kernel) are far slower
+     * than our im2col path: decline them. */
+    if (!optimized(pd)) goto fail;
 
     const dnnl_memory_desc_t *scratch_md = chosen(pd, dnnl_query_scratchpad_md, 0);
     size_t scratch_bytes = scratch_md ? dnnl_memory_desc_get_size(scratch_md) : 0;
@@ -237,17 +254,24 @@ fail:
     return NULL;
 }
 
-static entry *find_or_build(const bl_conv_geom *g, bl_conv_pass pass, bool with_bias) {
+/* The cached entry of (g, pass, bias, layout), built on first use; NULL when oneDNN declines it.
+ * A declined key is cached too (an entry without a primitive), so it is not retried every call. */
+static entry *find_or_build(const bl_conv_geom *g, bl_conv_pass pass, bool with_bias, bool channels_last) {
     entry_key key;
     memset(&key, 0, sizeof key);
     key.geom = *g;
     key.pass = pass;
     key.with_bias = with_bias;
+    key.channels_last = channels_last;
     for (int i = 0; i < cache.count; i++)
-        if (!memcmp(&cache.entries[i]->key, &key, sizeof key)) return cache.entries[i];
+        if (!memcmp(&cache.entries[i]->key, &key, sizeof key)) return cache.entries[i]->conv ? cache.entries[i] : NULL;
     if (ensure_engine() != BL_OK) return NULL;
     entry *e = build_entry(&key);
-    if (!e) return NULL;
+    if (!e) {
+        e = calloc(1, sizeof *e);
+        if (!e) return NULL;
+        e->key = key;
+    }
     if (cache.count < CACHE_CAP) {
         cache.entries[cache.count++] = e;
     } else {
@@ -255,12 +279,12 @@ static entry *find_or_build(const bl_conv_geom *g, bl_conv_pass pass, bool with_
         cache.entries[cache.next_victim] = e;
         cache.next_victim = (cache.next_victim + 1) % CACHE_CAP;
     }
-    return e;
+    return e->conv ? e : NULL;
 }
 
 int onednn_conv2d_prepare(const bl_conv_geom *g, bl_conv_pass pass, bool with_bias, size_t *workspace) {
     /* Backward-data has no bias in oneDNN; the transposed convolution's bias is added afterwards. */
-    entry *e = find_or_build(g, pass, with_bias && pass != BL_CONV_BWD_DATA);
+    entry *e = find_or_build(g, pass, with_bias && pass != BL_CONV_BWD_DATA, false);
     if (!e) return BL_ERR;
     *workspace = e->workspace;
     return BL_OK;
@@ -329,8 +353,8 @@ fail:
     return BL_ERR;
 }
 
-static entry *prepared(const bl_conv_geom *g, bl_conv_pass pass, bool with_bias) {
-    entry *e = find_or_build(g, pass, with_bias);
+static entry *prepared(const bl_conv_geom *g, bl_conv_pass pass, bool with_bias, bool channels_last) {
+    entry *e = find_or_build(g, pass, with_bias, channels_last);
     if (!e) bl_set_error("conv2d: oneDNN has no primitive for this convolution (run without a successful prepare)");
     return e;
 }
@@ -346,7 +370,8 @@ static bool share_layout(const slot *a, const slot *b) {
 }
 
 size_t onednn_conv2d_saved_input_bytes(const bl_conv_geom *g, bool with_bias) {
-    entry *fwd = find_or_build(g, BL_CONV_FWD, with_bias), *bwd = find_or_build(g, BL_CONV_BWD_WEIGHT, false);
+    entry *fwd = find_or_build(g, BL_CONV_FWD, with_bias, false);
+    entry *bwd = find_or_build(g, BL_CONV_BWD_WEIGHT, false, false);
     if (!fwd || !bwd) return 0;
     slot *from = find_slot(fwd, DNNL_ARG_SRC);
     if (!share_layout(from, find_slot(bwd, DNNL_ARG_SRC))) return 0;
@@ -356,7 +381,7 @@ size_t onednn_conv2d_saved_input_bytes(const bl_conv_geom *g, bool with_bias) {
 
 int onednn_conv2d_fwd_f32(const bl_conv_geom *g, float *y, const float *x, const float *w, const float *bias,
                           void *saved_input, void *work) {
-    entry *e = prepared(g, BL_CONV_FWD, bias != NULL);
+    entry *e = prepared(g, BL_CONV_FWD, bias != NULL, false);
     if (!e) return BL_ERR;
     arg_buffer b[4] = {{DNNL_ARG_SRC, (void *)x, saved_input, false},
                        {DNNL_ARG_WEIGHTS, (void *)w, NULL, false},
@@ -375,7 +400,7 @@ static void add_channel_bias(const bl_conv_geom *g, float *dx, const float *bias
 
 int onednn_conv2d_bwd_data_f32(const bl_conv_geom *g, float *dx, const float *dy, const float *w, const float *bias,
                                void *work) {
-    entry *e = prepared(g, BL_CONV_BWD_DATA, false);
+    entry *e = prepared(g, BL_CONV_BWD_DATA, false, false);
     if (!e) return BL_ERR;
     arg_buffer b[3] = {{DNNL_ARG_DIFF_DST, (void *)dy, NULL, false},
                        {DNNL_ARG_WEIGHTS, (void *)w, NULL, false},
@@ -387,7 +412,7 @@ int onednn_conv2d_bwd_data_f32(const bl_conv_geom *g, float *dx, const float *dy
 
 int onednn_conv2d_bwd_weight_f32(const bl_conv_geom *g, float *dw, float *db, const float *x, const float *dy,
                                  void *work) {
-    entry *e = prepared(g, BL_CONV_BWD_WEIGHT, db != NULL);
+    entry *e = prepared(g, BL_CONV_BWD_WEIGHT, db != NULL, false);
     if (!e) return BL_ERR;
     arg_buffer b[4] = {{DNNL_ARG_SRC, (void *)x, NULL, false},
                        {DNNL_ARG_DIFF_DST, (void *)dy, NULL, false},
@@ -407,7 +432,8 @@ int onednn_conv2d_bwd_prepare(const bl_conv_geom *g, bool with_bias, size_t *wor
 
 int onednn_conv2d_bwd_f32(const bl_conv_geom *g, float *dx, float *dw, float *db, const float *dy, const float *w,
                           const float *x, const onednn_saved_input *saved, void *work) {
-    entry *data = prepared(g, BL_CONV_BWD_DATA, false), *weight = prepared(g, BL_CONV_BWD_WEIGHT, db != NULL);
+    entry *data = prepared(g, BL_CONV_BWD_DATA, false, false);
+    entry *weight = prepared(g, BL_CONV_BWD_WEIGHT, db != NULL, false);
     if (!data || !weight) return BL_ERR;
     /* Backward-data runs first and leaves dy's reordered copy in its part of the workspace; the
      * weight pass reads it there when the layouts agree, and works in the part after it. */
@@ -422,13 +448,61 @@ int onednn_conv2d_bwd_f32(const bl_conv_geom *g, float *dx, float *dw, float *db
     }
     if (!dw) return BL_OK;
     /* The forward pass's copy of x serves if its primitive chose the layout this one wants. */
-    entry *fwd = saved && saved->data ? find_or_build(g, BL_CONV_FWD, saved->with_bias) : NULL;
+    entry *fwd = saved && saved->data ? find_or_build(g, BL_CONV_FWD, saved->with_bias, false) : NULL;
     bool share_x = fwd && share_layout(find_slot(fwd, DNNL_ARG_SRC), find_slot(weight, DNNL_ARG_SRC));
     arg_buffer b[4] = {{DNNL_ARG_SRC, (void *)x, share_x ? (void *)saved->data : NULL, share_x},
                        {DNNL_ARG_DIFF_DST, (void *)dy, share_dy ? (char *)work + dy_data->offset : NULL, share_dy},
                        {DNNL_ARG_DIFF_WEIGHTS, dw, NULL, false},
                        {DNNL_ARG_DIFF_BIAS, db, NULL, false}};
     return run(weight, db ? 4 : 3, b, weight_work);
+}
+
+/* ---- channels-last activations: no reorders but the weights' ---- */
+
+int onednn_conv2d_nhwc_prepare(const bl_conv_geom *g, bl_conv_pass pass, bool with_bias, size_t *workspace) {
+    entry *e = find_or_build(g, pass, with_bias && pass != BL_CONV_BWD_DATA, true);
+    if (!e) return BL_ERR;
+    *workspace = e->workspace;
+    return BL_OK;
+}
+
+int onednn_conv2d_nhwc_fwd_f32(const bl_conv_geom *g, float *y, const float *x, const float *w, const float *bias,
+                               void *work) {
+    entry *e = prepared(g, BL_CONV_FWD, bias != NULL, true);
+    if (!e) return BL_ERR;
+    arg_buffer b[4] = {{DNNL_ARG_SRC, (void *)x, NULL, false},
+                       {DNNL_ARG_WEIGHTS, (void *)w, NULL, false},
+                       {DNNL_ARG_DST, y, NULL, false},
+                       {DNNL_ARG_BIAS, (void *)bias, NULL, false}};
+    return run(e, bias ? 4 : 3, b, work);
+}
+
+int onednn_conv2d_nhwc_bwd_prepare(const bl_conv_geom *g, bool with_bias, size_t *workspace) {
+    size_t data_bytes, weight_bytes;
+    if (onednn_conv2d_nhwc_prepare(g, BL_CONV_BWD_DATA, false, &data_bytes) != BL_OK ||
+        onednn_conv2d_nhwc_prepare(g, BL_CONV_BWD_WEIGHT, with_bias, &weight_bytes) != BL_OK)
+        return BL_ERR;
+    /* The passes share nothing, so they take turns in the same workspace. */
+    *workspace = data_bytes > weight_bytes ? data_bytes : weight_bytes;
+    return BL_OK;
+}
+
+int onednn_conv2d_nhwc_bwd_f32(const bl_conv_geom *g, float *dx, float *dw, float *db, const float *dy,
+                               const float *w, const float *x, void *work) {
+    if (dx) {
+        entry *data = prepared(g, BL_CONV_BWD_DATA, false, true);
+        arg_buffer b[3] = {{DNNL_ARG_DIFF_DST, (void *)dy, NULL, false},
+                           {DNNL_ARG_WEIGHTS, (void *)w, NULL, false},
+                           {DNNL_ARG_DIFF_SRC, dx, NULL, false}};
+        if (!data || run(data, 3, b, work) != BL_OK) return BL_ERR;
+    }
+    if (!dw) return BL_OK;
+    entry *weight = prepared(g, BL_CONV_BWD_WEIGHT, db != NULL, true);
+    arg_buffer b[4] = {{DNNL_ARG_SRC, (void *)x, NULL, false},
+                       {DNNL_ARG_DIFF_DST, (void *)dy, NULL, false},
+                       {DNNL_ARG_DIFF_WEIGHTS, dw, NULL, false},
+                       {DNNL_ARG_DIFF_BIAS, db, NULL, false}};
+    return weight ? run(weight, db ? 4 : 3, b, work) : BL_ERR;
 }
 
 void onednn_conv_release_all(void) {

@@ -1,0 +1,84 @@
+/* `ballast eval`: evaluates a trained run (its latest checkpoint) or a given checkpoint on a split
+ * of its dataset with the run's method, and prints the long-tailed metrics. */
+#include "cli.h"
+
+#include "ballast/ballast.h"
+#include "ballast/train.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const cli_option options[] = {
+    {"split", "NAME", "test (default), val (the validation split drawn from the training data) or train", false},
+    {"json", "FILE", "also write the metrics as one JSON object", false},
+    {"per-class", NULL, "print each class's training count and accuracy", false},
+};
+
+static const char usage[] = "usage: ballast eval RUN_DIR|CHECKPOINT [--split test|val|train] [--json FILE] [--per-class]";
+
+static void print_group(const char *name, double acc, int64_t classes) {
+    if (isnan(acc)) printf("  %-8s      -  (%lld classes)\n", name, (long long)classes);
+    else printf("  %-8s %6.2f%% (%lld classes)\n", name, 100 * acc, (long long)classes);
+}
+
+int cmd_eval(int argc, char **argv) {
+    cli_args a;
+    int rc = cli_parse(&a, usage, options, (int)(sizeof options / sizeof options[0]), argc, argv);
+    if (rc) return rc < 0 ? 2 : 0;
+    if (a.n_positional != 1) {
+        fprintf(stderr, "ballast eval: give one run directory or checkpoint (see --help)\n");
+        return 2;
+    }
+    const char *split = cli_has(&a, "split") ? cli_get(&a, "split") : "test";
+    if (strcmp(split, "test") != 0 && strcmp(split, "val") != 0 && strcmp(split, "train") != 0) {
+        fprintf(stderr, "ballast eval: --split must be test, val or train, got '%s'\n", split);
+        return 2;
+    }
+    bl_run *run = bl_run_open(a.positional[0]);
+    if (!run) return cli_fail(NULL);
+    const bl_dataset *ds = strcmp(split, "test") == 0 ? &run->test : strcmp(split, "val") == 0 ? &run->val : &run->train;
+    if (!ds->labels || bl_numel(ds->labels) == 0) {
+        fprintf(stderr, "ballast eval: run %s has no %s split (dataset.val_per_class is 0)\n", run->dir, split);
+        bl_run_free(run);
+        return 1;
+    }
+    bl_metrics m;
+    bl_metrics_summary s;
+    if (bl_run_evaluate(run, ds, &m) != BL_OK) {
+        bl_run_free(run);
+        return cli_fail(NULL);
+    }
+    rc = bl_metrics_summarize(&m, run->class_counts, &s);
+    char *json = NULL;
+    if (rc == BL_OK && cli_has(&a, "json")) {
+        char head[64];
+        snprintf(head, sizeof head, "\"eval\":\"%s\",\"epoch\":%d", split, run->epoch);
+        json = bl_metrics_json(&s, head);
+        FILE *f = json ? fopen(cli_get(&a, "json"), "w") : NULL;
+        if (!f || fprintf(f, "%s\n", json) < 0 || fclose(f) != 0) {
+            if (json) bl_set_error("cannot write %s", cli_get(&a, "json"));
+            rc = BL_ERR;
+        }
+    }
+    if (rc == BL_OK) {
+        printf("%s: method %s, model %s, epoch %d, %s split (%lld images)\n", run->dir, run->method->name,
+               run->model->name, run->epoch, split, (long long)s.count);
+        printf("  top-1    %6.2f%%\n  top-5    %6.2f%%\n", 100 * s.top1, 100 * s.top5);
+        print_group("many", s.many, s.n_many);
+        print_group("medium", s.medium, s.n_medium);
+        print_group("few", s.few, s.n_few);
+        printf("  macro precision %.4f, macro recall %.4f, ECE %.4f\n", s.macro_precision, s.macro_recall, s.ece);
+        if (cli_has(&a, "per-class")) {
+            printf("  class  train  accuracy\n");
+            for (int64_t k = 0; k < s.num_classes; k++)
+                printf("  %5lld  %5lld  %6.2f%%\n", (long long)k, (long long)run->class_counts[k],
+                       100 * s.per_class_acc[k]);
+        }
+    }
+    free(json);
+    bl_metrics_free(&m);
+    bl_run_free(run);
+    return rc == BL_OK ? 0 : cli_fail(NULL);
+}

@@ -1,0 +1,74 @@
+/* Logit adjustment (Menon et al., "Long-Tail Learning via Logit Adjustment", ICLR 2021), in both
+ * of the paper's forms, with pi the training label prior:
+ *  - logit_adjust_loss (eq. 10): train with cross-entropy on logits + tau log pi, predict with the
+ *    plain logits, so the model learns logits that already discount the prior;
+ *  - logit_adjust_posthoc (eq. 9): train with plain cross-entropy, predict with logits - tau log pi.
+ * Both target the balanced error; tau = 1 is the Bayes-consistent choice. */
+#include "longtail.h"
+
+#include "core/internal.h"
+
+#include <stdlib.h>
+
+static const bl_option options[] = {
+    {"tau", BL_OPT_FLOAT, "1.0", "scale of the log-prior adjustment"},
+};
+
+typedef struct {
+    double *adjustment; /* (C) tau log pi_c */
+} logit_adjust;
+
+static int setup(bl_run *run, void *state) {
+    logit_adjust *s = state;
+    const double tau = bl_config_float(run->config, "method.tau");
+    s->adjustment = malloc((size_t)run->num_classes * sizeof *s->adjustment);
+    BL_CHECK_RC(s->adjustment, "logit adjustment: out of memory");
+    BL_TRY(bl_lt_log_prior(run->class_counts, run->num_classes, s->adjustment));
+    for (int64_t c = 0; c < run->num_classes; c++) s->adjustment[c] *= tau;
+    return BL_OK;
+}
+
+static bl_tensor *adjustment(bl_run *run, const logit_adjust *s) {
+    return bl_lt_vector(BL_F32, s->adjustment, run->num_classes);
+}
+
+static bl_tensor *plain_logits(bl_run *run, void *state, bl_tensor *x) { return bl_model_forward(run->model, x); }
+
+static bl_tensor *plain_loss(bl_run *run, void *state, bl_tensor *x, bl_tensor *y) {
+    return bl_cross_entropy(bl_model_forward(run->model, x), y, bl_ce_args_default());
+}
+
+static bl_tensor *adjusted_loss(bl_run *run, void *state, bl_tensor *x, bl_tensor *y) {
+    bl_tensor *logits = bl_add(bl_model_forward(run->model, x), adjustment(run, state));
+    return bl_cross_entropy(logits, y, bl_ce_args_default());
+}
+
+static bl_tensor *adjusted_logits(bl_run *run, void *state, bl_tensor *x) {
+    return bl_sub(bl_model_forward(run->model, x), adjustment(run, state));
+}
+
+static void release(void *state) { free(((logit_adjust *)state)->adjustment); }
+
+const bl_method bl_method_logit_adjust_loss = {
+    .name = "logit_adjust_loss",
+    .summary = "logit-adjusted loss: cross-entropy on logits + tau log(prior)",
+    .options = options,
+    .n_options = (int)(sizeof options / sizeof options[0]),
+    .state_size = sizeof(logit_adjust),
+    .setup = setup,
+    .loss = adjusted_loss,
+    .logits = plain_logits,
+    .release = release,
+};
+
+const bl_method bl_method_logit_adjust_posthoc = {
+    .name = "logit_adjust_posthoc",
+    .summary = "post-hoc logit adjustment: plain training, prediction with logits - tau log(prior)",
+    .options = options,
+    .n_options = (int)(sizeof options / sizeof options[0]),
+    .state_size = sizeof(logit_adjust),
+    .setup = setup,
+    .loss = plain_loss,
+    .logits = adjusted_logits,
+    .release = release,
+};

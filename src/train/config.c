@@ -1,0 +1,669 @@
+/* Run configs: YAML files of nested maps read with libyaml into a flat table of dotted keys
+ * ("train.augment.crop_pad"), checked against option tables, overridden from the command line,
+ * and written back as the resolved config of a run.
+ *
+ * Values are kept as the text the user wrote, with the line it came from, and are only parsed when
+ * a table declares their type: the file can be read before the method (whose table depends on
+ * method.name) is known, and every message can point at the line of the offending key. */
+#include "ballast/train.h"
+
+#include "core/internal.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+#include <yaml.h>
+
+#define CONFIG_MAX_DEPTH 8
+#define CONFIG_MAX_LIST 64
+
+typedef struct {
+    char *key;
+    char *text;           /* scalar text, or the list written as "[a, b]" */
+    bool has_value;       /* false for YAML null */
+    bool is_list;
+    bool quoted;          /* written as a quoted scalar: a string, never a number */
+    int line;             /* 1-based line in the file; 0 for overrides and defaults */
+    bool from_override;
+    bool declared;
+    bl_opt_type type;
+    int decl_order;
+} config_entry;
+
+struct bl_config {
+    char *source;
+    config_entry *entries;
+    int count, cap;
+    int n_declared;
+};
+
+static char *dup_string(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *d = malloc(n);
+    if (d) memcpy(d, s, n);
+    return d;
+}
+
+static config_entry *find_entry(const bl_config *c, const char *key) {
+    for (int i = 0; i < c->count; i++)
+        if (strcmp(c->entries[i].key, key) == 0) return &c->entries[i];
+    return NULL;
+}
+
+static config_entry *add_entry(bl_config *c, const char *key) {
+    if (c->count == c->cap) {
+        int cap = c->cap ? 2 * c->cap : 32;
+        config_entry *e = realloc(c->entries, (size_t)cap * sizeof *e);
+        BL_CHECK(e, "config %s: out of memory", c->source);
+        c->entries = e;
+        c->cap = cap;
+    }
+    config_entry *e = &c->entries[c->count];
+    memset(e, 0, sizeof *e);
+    e->key = dup_string(key);
+    BL_CHECK(e->key, "config %s: out of memory", c->source);
+    c->count++;
+    return e;
+}
+
+static int set_text(bl_config *c, config_entry *e, const char *text) {
+    char *t = dup_string(text);
+    BL_CHECK_RC(t, "config %s: out of memory", c->source);
+    free(e->text);
+    e->text = t;
+    return BL_OK;
+}
+
+/* Where a key was set, for messages: "file:line" or "the command line". */
+static const char *origin(const bl_config *c, const config_entry *e, char *buf, size_t len) {
+    if (e->from_override) snprintf(buf, len, "%s (override on the command line)", c->source);
+    else if (e->line > 0) snprintf(buf, len, "%s:%d", c->source, e->line);
+    else snprintf(buf, len, "%s", c->source);
+    return buf;
+}
+
+/* ---- value parsing ------------------------------------------------------------------------- */
+
+static bool parse_int(const char *s, int64_t *out) {
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (*s == '\0' || *end || errno) return false;
+    *out = v;
+    return true;
+}
+
+static bool parse_float(const char *s, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (*s == '\0' || *end || errno == ERANGE || !isfinite(v)) return false;
+    *out = v;
+    return true;
+}
+
+static bool parse_bool(const char *s, bool *out) {
+    static const char *const yes[] = {"true", "yes", "on", "1"}, *const no[] = {"false", "no", "off", "0"};
+    for (int i = 0; i < 4; i++) {
+        if (strcasecmp(s, yes[i]) == 0) return *out = true, true;
+        if (strcasecmp(s, no[i]) == 0) return *out = false, true;
+    }
+    return false;
+}
+
+/* Parses "[a, b, c]" (the stored form of lists, also accepted in overrides) into numbers. */
+static int parse_list(const char *s, double *out, int max) {
+    while (*s == ' ') s++;
+    if (*s != '[') return -1;
+    s++;
+    int n = 0;
+    for (;;) {
+        while (*s == ' ') s++;
+        if (*s == ']') return s[1] == '\0' ? n : -1;
+        char *end;
+        errno = 0;
+        double v = strtod(s, &end);
+        if (end == s || errno == ERANGE || !isfinite(v) || n == max) return -1;
+        out[n++] = v;
+        s = end;
+        while (*s == ' ') s++;
+        if (*s == ',') s++;
+        else if (*s != ']') return -1;
+    }
+}
+
+/* Rewrites a list's text as "[a, b, c]" keeping each item as written, so a list compares and
+ * prints the same whether it came from the file, an override or a default. */
+static void canonical_list(const char *s, char *out, size_t len) {
+    size_t n = (size_t)snprintf(out, len, "[");
+    const char *p = strchr(s, '[');
+    p = p ? p + 1 : s;
+    int items = 0;
+    while (*p && *p != ']' && n < len) {
+        while (*p == ' ' || *p == ',') p++;
+        const char *start = p;
+        while (*p && *p != ',' && *p != ']' && *p != ' ') p++;
+        if (p > start) n += (size_t)snprintf(out + n, len - n, "%s%.*s", items++ ? ", " : "", (int)(p - start), start);
+        while (*p == ' ') p++;
+    }
+    if (n < len) snprintf(out + n, len - n, "]");
+}
+
+static const char *type_name(bl_opt_type t) {
+    switch (t) {
+    case BL_OPT_INT: return "an integer";
+    case BL_OPT_FLOAT: return "a number";
+    case BL_OPT_BOOL: return "true or false";
+    case BL_OPT_STRING: return "a string";
+    case BL_OPT_LIST: return "a list of numbers";
+    }
+    return "?";
+}
+
+static bool value_fits(const config_entry *e, bl_opt_type type) {
+    int64_t i;
+    double f;
+    bool b;
+    double list[CONFIG_MAX_LIST];
+    if (e->is_list) return type == BL_OPT_LIST && parse_list(e->text, list, CONFIG_MAX_LIST) >= 0;
+    switch (type) {
+    case BL_OPT_INT: return !e->quoted && parse_int(e->text, &i);
+    case BL_OPT_FLOAT: return !e->quoted && parse_float(e->text, &f);
+    case BL_OPT_BOOL: return !e->quoted && parse_bool(e->text, &b);
+    case BL_OPT_STRING: return true;
+    case BL_OPT_LIST: return false;
+    }
+    return false;
+}
+
+static int check_type(const bl_config *c, const config_entry *e) {
+    char where[600];
+    BL_CHECK_RC(!e->has_value || value_fits(e, e->type), "%s: key '%s' expects %s, got '%s'",
+                origin(c, e, where, sizeof where), e->key, type_name(e->type), e->text);
+    return BL_OK;
+}
+
+/* ---- YAML reading --------------------------------------------------------------------------- */
+
+typedef struct {
+    bl_config *c;
+    yaml_parser_t parser;
+    char path[CONFIG_MAX_DEPTH][128]; /* key components of the enclosing maps */
+    int depth;
+} yaml_reader;
+
+static const char *event_name(yaml_event_type_t t) {
+    switch (t) {
+    case YAML_SEQUENCE_START_EVENT: return "a list";
+    case YAML_MAPPING_START_EVENT: return "a map";
+    case YAML_ALIAS_EVENT: return "an alias";
+    default: return "something else";
+    }
+}
+
+static int next_event(yaml_reader *r, yaml_event_t *ev) {
+    if (!yaml_parser_parse(&r->parser, ev)) {
+        const yaml_parser_t *p = &r->parser;
+        bl_set_error("%s:%zu: YAML syntax error: %s%s%s", r->c->source, p->problem_mark.line + 1,
+                     p->problem ? p->problem : "unreadable", p->context ? " " : "", p->context ? p->context : "");
+        return BL_ERR;
+    }
+    return BL_OK;
+}
+
+static bool is_null_scalar(const yaml_event_t *ev) {
+    if (ev->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) return false;
+    const char *v = (const char *)ev->data.scalar.value;
+    return v[0] == '\0' || strcmp(v, "~") == 0 || strcmp(v, "null") == 0 || strcmp(v, "Null") == 0 ||
+           strcmp(v, "NULL") == 0;
+}
+
+static void full_key(const yaml_reader *r, const char *last, char *out, size_t len) {
+    size_t n = 0;
+    out[0] = '\0';
+    for (int i = 0; i < r->depth; i++) n += (size_t)snprintf(out + n, n < len ? len - n : 0, "%s.", r->path[i]);
+    snprintf(out + (n < len ? n : len - 1), n < len ? len - n : 1, "%s", last);
+}
+
+static int store_leaf(yaml_reader *r, const char *key, const char *text, bool has_value, bool is_list, bool quoted,
+                      int line) {
+    bl_config *c = r->c;
+    config_entry *e = find_entry(c, key);
+    BL_CHECK_RC(!e, "%s:%d: key '%s' is set twice (first at line %d)", c->source, line, key, e ? e->line : 0);
+    e = add_entry(c, key);
+    if (!e || set_text(c, e, text) != BL_OK) return BL_ERR;
+    e->has_value = has_value;
+    e->is_list = is_list;
+    e->quoted = quoted;
+    e->line = line;
+    return BL_OK;
+}
+
+/* Reads a flow or block sequence of scalars into "[a, b]" text. */
+static int read_list(yaml_reader *r, const char *key, int line) {
+    char text[4096] = "[";
+    size_t n = 1;
+    int count = 0;
+    for (;;) {
+        yaml_event_t ev;
+        BL_TRY(next_event(r, &ev));
+        if (ev.type == YAML_SEQUENCE_END_EVENT) {
+            yaml_event_delete(&ev);
+            break;
+        }
+        if (ev.type != YAML_SCALAR_EVENT) {
+            bl_set_error("%s:%zu: key '%s': list items must be plain values, found %s", r->c->source,
+                         ev.start_mark.line + 1, key, event_name(ev.type));
+            yaml_event_delete(&ev);
+            return BL_ERR;
+        }
+        n += (size_t)snprintf(text + n, n < sizeof text ? sizeof text - n : 0, "%s%s", count ? ", " : "",
+                              (const char *)ev.data.scalar.value);
+        count++;
+        yaml_event_delete(&ev);
+        BL_CHECK_RC(n + 2 < sizeof text, "%s:%d: key '%s': list too long", r->c->source, line, key);
+    }
+    strcat(text, "]");
+    return store_leaf(r, key, text, true, true, false, line);
+}
+
+/* Reads the members of a map whose start event was just consumed. */
+static int read_map(yaml_reader *r) {
+    for (;;) {
+        yaml_event_t kev;
+        BL_TRY(next_event(r, &kev));
+        if (kev.type == YAML_MAPPING_END_EVENT) {
+            yaml_event_delete(&kev);
+            return BL_OK;
+        }
+        int line = (int)kev.start_mark.line + 1;
+        if (kev.type != YAML_SCALAR_EVENT || kev.data.scalar.length == 0 ||
+            kev.data.scalar.length >= sizeof r->path[0] || strchr((const char *)kev.data.scalar.value, '.') ||
+            strchr((const char *)kev.data.scalar.value, '=')) {
+            bl_set_error("%s:%d: keys must be plain names (no '.' or '='), found %s", r->c->source, line,
+                         kev.type == YAML_SCALAR_EVENT ? (const char *)kev.data.scalar.value : event_name(kev.type));
+            yaml_event_delete(&kev);
+            return BL_ERR;
+        }
+        char name[128], key[1024];
+        snprintf(name, sizeof name, "%s", (const char *)kev.data.scalar.value);
+        yaml_event_delete(&kev);
+        full_key(r, name, key, sizeof key);
+
+        yaml_event_t vev;
+        BL_TRY(next_event(r, &vev));
+        int rc = BL_OK;
+        if (vev.type == YAML_SCALAR_EVENT) {
+            bool quoted = vev.data.scalar.style != YAML_PLAIN_SCALAR_STYLE;
+            rc = store_leaf(r, key, (const char *)vev.data.scalar.value, !is_null_scalar(&vev), false, quoted, line);
+        } else if (vev.type == YAML_SEQUENCE_START_EVENT) {
+            rc = read_list(r, key, line);
+        } else if (vev.type == YAML_MAPPING_START_EVENT) {
+            if (r->depth == CONFIG_MAX_DEPTH) {
+                bl_set_error("%s:%d: key '%s': maps nested too deeply", r->c->source, line, key);
+                rc = BL_ERR;
+            } else {
+                snprintf(r->path[r->depth++], sizeof r->path[0], "%s", name);
+                rc = read_map(r);
+                r->depth--;
+            }
+        } else {
+            bl_set_error("%s:%d: key '%s': unsupported value (%s)", r->c->source, line, key, event_name(vev.type));
+            rc = BL_ERR;
+        }
+        yaml_event_delete(&vev);
+        if (rc != BL_OK) return rc;
+    }
+}
+
+static int read_document(yaml_reader *r) {
+    bool seen_root = false;
+    for (;;) {
+        yaml_event_t ev;
+        BL_TRY(next_event(r, &ev));
+        yaml_event_type_t type = ev.type;
+        int line = (int)ev.start_mark.line + 1;
+        int rc = BL_OK;
+        if (type == YAML_MAPPING_START_EVENT && !seen_root) {
+            seen_root = true;
+            rc = read_map(r);
+        } else if (type == YAML_SCALAR_EVENT && !seen_root && is_null_scalar(&ev)) {
+            seen_root = true; /* an empty file */
+        } else if (type == YAML_DOCUMENT_START_EVENT && seen_root) {
+            bl_set_error("%s:%d: only one YAML document is allowed", r->c->source, line);
+            rc = BL_ERR;
+        } else if (type != YAML_STREAM_START_EVENT && type != YAML_DOCUMENT_START_EVENT &&
+                   type != YAML_DOCUMENT_END_EVENT && type != YAML_STREAM_END_EVENT) {
+            bl_set_error("%s:%d: the top level must be a map of sections, found %s", r->c->source, line,
+                         event_name(type));
+            rc = BL_ERR;
+        }
+        yaml_event_delete(&ev);
+        if (rc != BL_OK) return rc;
+        if (type == YAML_STREAM_END_EVENT) return BL_OK;
+    }
+}
+
+bl_config *bl_config_parse(const char *yaml_text, const char *source_name) {
+    BL_CHECK(yaml_text, "bl_config_parse: NULL text");
+    bl_config *c = calloc(1, sizeof *c);
+    BL_CHECK(c, "config: out of memory");
+    c->source = dup_string(source_name ? source_name : "<config>");
+    if (!c->source) {
+        free(c);
+        BL_CHECK(false, "config: out of memory");
+    }
+    yaml_reader r = {.c = c};
+    if (!yaml_parser_initialize(&r.parser)) {
+        bl_config_free(c);
+        BL_CHECK(false, "config %s: cannot initialize the YAML parser", source_name);
+    }
+    yaml_parser_set_input_string(&r.parser, (const unsigned char *)yaml_text, strlen(yaml_text));
+    int rc = read_document(&r);
+    yaml_parser_delete(&r.parser);
+    if (rc != BL_OK) {
+        bl_config_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+bl_config *bl_config_load(const char *yaml_path) {
+    BL_CHECK(yaml_path, "bl_config_load: NULL path");
+    FILE *f = fopen(yaml_path, "rb");
+    BL_CHECK(f, "cannot open config %s: %s", yaml_path, strerror(errno));
+    char *text = NULL;
+    size_t len = 0, cap = 0;
+    for (;;) {
+        if (len + 4096 + 1 > cap) {
+            cap = cap ? 2 * cap : 8192;
+            char *t = realloc(text, cap);
+            if (!t) {
+                free(text);
+                fclose(f);
+                BL_CHECK(false, "config %s: out of memory", yaml_path);
+            }
+            text = t;
+        }
+        size_t got = fread(text + len, 1, 4096, f);
+        len += got;
+        if (got < 4096) break;
+    }
+    bool failed = ferror(f);
+    fclose(f);
+    if (failed) {
+        free(text);
+        BL_CHECK(false, "cannot read config %s", yaml_path);
+    }
+    text[len] = '\0';
+    bl_config *c = strlen(text) == len ? bl_config_parse(text, yaml_path) : NULL;
+    if (!c && strlen(text) != len) bl_set_error("config %s: contains a NUL byte", yaml_path);
+    free(text);
+    return c;
+}
+
+void bl_config_free(bl_config *c) {
+    if (!c) return;
+    for (int i = 0; i < c->count; i++) {
+        free(c->entries[i].key);
+        free(c->entries[i].text);
+    }
+    free(c->entries);
+    free(c->source);
+    free(c);
+}
+
+const char *bl_config_source(const bl_config *c) { return c ? c->source : ""; }
+
+/* ---- overrides and declarations ------------------------------------------------------------- */
+
+int bl_config_set(bl_config *c, const char *assignment) {
+    BL_CHECK_RC(c && assignment, "bl_config_set: NULL argument");
+    const char *eq = strchr(assignment, '=');
+    BL_CHECK_RC(eq && eq > assignment, "override '%s': expected section.key=value", assignment);
+    char key[1024];
+    size_t klen = (size_t)(eq - assignment);
+    BL_CHECK_RC(klen < sizeof key, "override '%s': key too long", assignment);
+    memcpy(key, assignment, klen);
+    key[klen] = '\0';
+    BL_CHECK_RC(strchr(key, ' ') == NULL && key[0] != '.' && key[klen - 1] != '.' && !strstr(key, ".."),
+                "override '%s': malformed key '%s'", assignment, key);
+    const char *value = eq + 1;
+    bool quoted = false, is_list = false;
+    char text[4096];
+    size_t vlen = strlen(value);
+    BL_CHECK_RC(vlen < sizeof text, "override '%s': value too long", assignment);
+    if (vlen >= 2 && ((value[0] == '"' && value[vlen - 1] == '"') || (value[0] == '\'' && value[vlen - 1] == '\''))) {
+        quoted = true;
+        memcpy(text, value + 1, vlen - 2);
+        text[vlen - 2] = '\0';
+    } else {
+        memcpy(text, value, vlen + 1);
+        is_list = value[0] == '[';
+    }
+    config_entry *e = find_entry(c, key);
+    if (!e) {
+        e = add_entry(c, key);
+        if (!e) return BL_ERR;
+    }
+    BL_TRY(set_text(c, e, text));
+    e->quoted = quoted;
+    e->is_list = is_list;
+    e->has_value = quoted || !(text[0] == '\0' || strcmp(text, "~") == 0 || strcmp(text, "null") == 0);
+    e->from_override = true;
+    e->line = 0;
+    double list[CONFIG_MAX_LIST];
+    BL_CHECK_RC(!is_list || parse_list(text, list, CONFIG_MAX_LIST) >= 0,
+                "override '%s': malformed list (expected [a, b, ...] of numbers)", assignment);
+    if (is_list) {
+        char canonical[4096];
+        canonical_list(text, canonical, sizeof canonical);
+        BL_TRY(set_text(c, e, canonical));
+    }
+    return e->declared ? check_type(c, e) : BL_OK;
+}
+
+int bl_config_declare(bl_config *c, const char *prefix, const bl_option *options, int n_options) {
+    BL_CHECK_RC(c && (options || n_options == 0), "bl_config_declare: NULL argument");
+    for (int i = 0; i < n_options; i++) {
+        char key[1024];
+        snprintf(key, sizeof key, "%s%s", prefix ? prefix : "", options[i].key);
+        config_entry *e = find_entry(c, key);
+        BL_CHECK_RC(!(e && e->declared), "config: option '%s' is declared twice", key);
+        if (!e) {
+            e = add_entry(c, key);
+            if (!e) return BL_ERR;
+        }
+        e->declared = true;
+        e->type = options[i].type;
+        e->decl_order = c->n_declared++;
+        if (!e->has_value && options[i].default_value) {
+            char canonical[4096];
+            if (options[i].type == BL_OPT_LIST) canonical_list(options[i].default_value, canonical, sizeof canonical);
+            BL_TRY(set_text(c, e, options[i].type == BL_OPT_LIST ? canonical : options[i].default_value));
+            e->has_value = true;
+            e->is_list = options[i].type == BL_OPT_LIST;
+            e->quoted = options[i].type == BL_OPT_STRING;
+            e->line = 0;
+            e->from_override = false;
+        }
+        BL_TRY(check_type(c, e));
+    }
+    return BL_OK;
+}
+
+int bl_config_check_unknown(const bl_config *c) {
+    BL_CHECK_RC(c, "bl_config_check_unknown: NULL config");
+    for (int i = 0; i < c->count; i++) {
+        const config_entry *e = &c->entries[i];
+        char where[600];
+        BL_CHECK_RC(e->declared, "%s: unknown key '%s'", origin(c, e, where, sizeof where), e->key);
+    }
+    return BL_OK;
+}
+
+/* ---- getters -------------------------------------------------------------------------------- */
+
+static const config_entry *value_of(const bl_config *c, const char *key, bl_opt_type type) {
+    BL_CHECK(c && key, "config: NULL argument");
+    const config_entry *e = find_entry(c, key);
+    BL_CHECK(e && e->declared, "config %s: key '%s' is not declared", c->source, key);
+    BL_CHECK(e->has_value, "config %s: key '%s' has no value", c->source, key);
+    BL_CHECK(e->type == type, "config %s: key '%s' is %s, not %s", c->source, key, type_name(e->type),
+             type_name(type));
+    return e;
+}
+
+bool bl_config_has(const bl_config *c, const char *key) {
+    const config_entry *e = c && key ? find_entry(c, key) : NULL;
+    return e && e->has_value;
+}
+
+int64_t bl_config_int(const bl_config *c, const char *key) {
+    const config_entry *e = value_of(c, key, BL_OPT_INT);
+    int64_t v = 0;
+    return e && parse_int(e->text, &v) ? v : 0;
+}
+
+double bl_config_float(const bl_config *c, const char *key) {
+    const config_entry *e = value_of(c, key, BL_OPT_FLOAT);
+    double v = NAN;
+    return e && parse_float(e->text, &v) ? v : NAN;
+}
+
+bool bl_config_bool(const bl_config *c, const char *key) {
+    const config_entry *e = value_of(c, key, BL_OPT_BOOL);
+    bool v = false;
+    return e && parse_bool(e->text, &v) ? v : false;
+}
+
+const char *bl_config_string(const bl_config *c, const char *key) {
+    const config_entry *e = value_of(c, key, BL_OPT_STRING);
+    return e ? e->text : NULL;
+}
+
+int bl_config_list(const bl_config *c, const char *key, double *out, int max) {
+    const config_entry *e = value_of(c, key, BL_OPT_LIST);
+    if (!e) return -1;
+    double all[CONFIG_MAX_LIST];
+    int n = parse_list(e->text, all, CONFIG_MAX_LIST);
+    BL_CHECK_OR(-1, n >= 0 && n <= max, "config %s: key '%s' holds more than %d values", c->source, key, max);
+    memcpy(out, all, (size_t)n * sizeof *out);
+    return n;
+}
+
+const char *bl_config_first_difference(const bl_config *a, const bl_config *b) {
+    for (int pass = 0; pass < 2; pass++) {
+        const bl_config *x = pass ? b : a, *y = pass ? a : b;
+        for (int i = 0; i < x->count; i++) {
+            const config_entry *e = &x->entries[i], *f = find_entry(y, e->key);
+            if (!e->has_value && !(f && f->has_value)) continue;
+            if (!f || e->has_value != f->has_value || strcmp(e->text, f->text) != 0) return e->key;
+        }
+    }
+    return NULL;
+}
+
+/* ---- writing -------------------------------------------------------------------------------- */
+
+/* Rank of the key prefix made of the first `depth` components: the earliest declaration among keys
+ * sharing it. Sorting by these ranks, level by level, keeps each nested map in one piece. */
+static int prefix_rank(const bl_config *c, const char *key, int depth) {
+    size_t len = 0;
+    for (int d = 0; d < depth; d++) {
+        const char *dot = strchr(key + len, '.');
+        len = dot ? (size_t)(dot - key) + 1 : strlen(key);
+    }
+    int best = 1 << 30;
+    for (int i = 0; i < c->count; i++) {
+        const config_entry *e = &c->entries[i];
+        if (e->declared && e->has_value && strncmp(e->key, key, len) == 0 && e->decl_order < best) best = e->decl_order;
+    }
+    return best;
+}
+
+static int count_parts(const char *key) {
+    int n = 1;
+    for (const char *p = key; *p; p++) n += *p == '.';
+    return n;
+}
+
+static const bl_config *sort_config;
+static int compare_for_writing(const void *pa, const void *pb) {
+    const config_entry *a = *(const config_entry *const *)pa, *b = *(const config_entry *const *)pb;
+    int depth = count_parts(a->key) > count_parts(b->key) ? count_parts(a->key) : count_parts(b->key);
+    for (int d = 1; d <= depth; d++) {
+        int ra = prefix_rank(sort_config, a->key, d), rb = prefix_rank(sort_config, b->key, d);
+        if (ra != rb) return ra < rb ? -1 : 1;
+    }
+    return 0;
+}
+
+/* Number of enclosing maps two dotted keys have in common ("a.b.c" and "a.b.d" share 2). */
+static int shared_maps(const char *a, const char *b) {
+    int shared = 0;
+    for (;;) {
+        const char *da = strchr(a, '.'), *db = strchr(b, '.');
+        if (!da || !db || da - a != db - b || strncmp(a, b, (size_t)(da - a)) != 0) return shared;
+        shared++;
+        a = da + 1;
+        b = db + 1;
+    }
+}
+
+static void write_yaml_string(FILE *f, const char *s) {
+    fputc('"', f);
+    for (const char *p = s; *p; p++) {
+        if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
+        else if (*p == '\n') fputs("\\n", f);
+        else if ((unsigned char)*p < 0x20) fprintf(f, "\\x%02x", (unsigned char)*p);
+        else fputc(*p, f);
+    }
+    fputc('"', f);
+}
+
+int bl_config_write(const bl_config *c, const char *path) {
+    BL_CHECK_RC(c && path, "bl_config_write: NULL argument");
+    const config_entry **order = malloc((size_t)(c->count ? c->count : 1) * sizeof *order);
+    BL_CHECK_RC(order, "config: out of memory");
+    int n = 0;
+    for (int i = 0; i < c->count; i++)
+        if (c->entries[i].declared && c->entries[i].has_value) order[n++] = &c->entries[i];
+    sort_config = c;
+    qsort(order, (size_t)n, sizeof *order, compare_for_writing);
+
+    char tmp[1100];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
+    FILE *f = fopen(tmp, "w");
+    if (!f) {
+        free(order);
+        BL_CHECK_RC(false, "cannot write %s: %s", tmp, strerror(errno));
+    }
+    fprintf(f, "# resolved config (every key, defaults filled in), from %s\n", c->source);
+    const char *prev = "";
+    for (int i = 0; i < n; i++) {
+        const config_entry *e = order[i];
+        /* Open the maps this key does not share with the previous one. */
+        int shared = shared_maps(prev, e->key), depth = 0;
+        const char *part = e->key;
+        for (const char *dot; (dot = strchr(part, '.')); part = dot + 1, depth++)
+            if (depth >= shared) fprintf(f, "%*s%.*s:\n", 2 * depth, "", (int)(dot - part), part);
+        fprintf(f, "%*s%s: ", 2 * depth, "", part);
+        if (e->type == BL_OPT_STRING) write_yaml_string(f, e->text);
+        else fputs(e->text, f);
+        fputc('\n', f);
+        prev = e->key;
+    }
+    free(order);
+    bool ok = fflush(f) == 0 && !ferror(f) && fsync(fileno(f)) == 0;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        int err = errno;
+        unlink(tmp);
+        BL_CHECK_RC(false, "cannot write %s: %s", path, strerror(err));
+    }
+    return BL_OK;
+}
