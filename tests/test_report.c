@@ -90,7 +90,8 @@ static bool well_formed(const char *html, char *why, size_t why_len) {
         const char *name = p + 1 + closing;
         size_t len = strcspn(name, " >/\n");
         const char *end = strchr(p, '>');
-        if (!end || len == 0 || len >= 16) return snprintf(why, why_len, "bad tag at byte %ld", (long)(p - html)), false;
+        if (!end || len == 0 || len >= 16)
+            return snprintf(why, why_len, "bad tag at byte %ld", (long)(p - html)), false;
         if (memchr(p + 1, '<', (size_t)(end - p - 1)))
             return snprintf(why, why_len, "'<' inside a tag at byte %ld", (long)(p - html)), false;
         if (closing) {
@@ -137,7 +138,8 @@ static char *eval_record(const char *split, int epoch) {
     char extra[64];
     snprintf(extra, sizeof extra, "\"eval\":\"%s\",\"epoch\":%d", split, epoch);
     char *json = NULL;
-    if (bl_metrics_init(&m, 6) == BL_OK && bl_metrics_add(&m, logits, bl_from_data(BL_I64, BL_SHAPE(10), labels)) == BL_OK &&
+    if (bl_metrics_init(&m, 6) == BL_OK &&
+        bl_metrics_add(&m, logits, bl_from_data(BL_I64, BL_SHAPE(10), labels)) == BL_OK &&
         bl_metrics_summary(&m, train_counts, &s) == BL_OK)
         json = bl_metrics_json(&s, extra);
     bl_metrics_free(&m);
@@ -238,6 +240,8 @@ static void test_several_runs_compared(void) {
         *last = '\0';
         write_text(path_in(dirs[1], "log.jsonl"), log);
         FILE *f = fopen(path_in(dirs[1], "log.jsonl"), "a");
+        /* a second val record at epoch 2 (after a method's tuning) replaces the first in the curve */
+        fprintf(f, "{\"eval\":\"val\",\"epoch\":2,\"top1\":0.9}\n");
         fprintf(f, "{\"eval\":\"test\",\"epoch\":2,\"count\":10,\"top1\":0.75,\"top5\":1,\"many\":0.5,\"medium\":0.875,"
                    "\"few\":null,\"macro_precision\":0.7,\"macro_recall\":0.71,\"ece\":0.05}\n");
         fclose(f);
@@ -265,7 +269,8 @@ static void test_several_runs_compared(void) {
               "ties are both best");
     }
     char *overlay = svg_with_title(html, "Validation top-1, all runs");
-    CHECK(overlay && count_of(overlay, "<polyline") == 2 && strstr(overlay, ">baseline</text>") &&
+    CHECK(overlay && count_of(overlay, "<polyline") == 2 && polyline_points(overlay) == 4 &&
+          strstr(overlay, ">baseline</text>") &&
           strstr(overlay, ">tde</text>"));
     free(overlay);
     char *losses = svg_with_title(html, "Mean training loss per epoch, all runs");
@@ -281,7 +286,8 @@ static void test_resumed_and_stopped_log(void) {
     /* steps 1..8 were logged, the run resumed from the checkpoint after step 4 (epoch 1) and logged
      * steps 5..8 again: the plot must show 8 steps, not 12; then the loss diverged */
     FILE *f = fopen(path_in(dir, "log.jsonl"), "w");
-    for (int step = 1; step <= 8; step++) fprintf(f, "{\"epoch\":%d,\"step\":%d,\"loss\":1,\"lr\":0.1}\n", (step + 3) / 4, step);
+    for (int step = 1; step <= 8; step++)
+        fprintf(f, "{\"epoch\":%d,\"step\":%d,\"loss\":1,\"lr\":0.1}\n", (step + 3) / 4, step);
     fprintf(f, "{\"epoch_end\":2,\"step\":8,\"mean_loss\":1,\"seconds\":1}\n");
     fprintf(f, "\n{\"resume\":1,\"step\":4}\r\n");
     for (int step = 5; step <= 8; step++) fprintf(f, "{\"epoch\":2,\"step\":%d,\"loss\":0.5,\"lr\":0.01}\n", step);
@@ -328,6 +334,10 @@ static const char *report_error(const char *name, const char *config, const char
 static void test_bad_runs_refused(void) {
     const char *config = "method:\n  name: ce\n";
     const char *train = "{\"epoch\":1,\"step\":1,\"loss\":2.0,\"lr\":0.1}\n";
+    const char *missing = path_in(root, "absent");
+    CHECK(bl_report_write(&missing, 1, path_in(root, "bad.html")) == BL_ERR);
+    CHECK(strstr(bl_last_error(), "absent: not a run directory"), "%s", bl_last_error());
+    bl_clear_error();
     const char *e = report_error("no_log", config, NULL);
     CHECK(strstr(e, "no_log/log.jsonl") && strstr(e, "cannot open"), "%s", e);
     e = report_error("no_config", NULL, train);
@@ -347,7 +357,8 @@ static void test_bad_runs_refused(void) {
     e = report_error("no_top1", config, "{\"eval\":\"val\",\"epoch\":1}\n");
     CHECK(strstr(e, "no_top1/log.jsonl:1:") && strstr(e, "\"top1\""), "%s", e);
     e = report_error("bad_confusion", config,
-                     "{\"eval\":\"test\",\"epoch\":1,\"top1\":0.5,\"per_class_acc\":[0.5,0.5],\"confusion\":[[1,1],[1]]}\n");
+                     "{\"eval\":\"test\",\"epoch\":1,\"top1\":0.5,\"per_class_acc\":[0.5,0.5],"
+                     "\"confusion\":[[1,1],[1]]}\n");
     CHECK(strstr(e, "bad_confusion/log.jsonl:1:") && strstr(e, "confusion"), "%s", e);
     e = report_error("bad_counts", config,
                      "{\"eval\":\"test\",\"epoch\":1,\"top1\":0.5,\"per_class_acc\":[0.5,0.5],\"class_counts\":[3]}\n");
@@ -365,6 +376,6 @@ static void cleanup(void) {
 
 static void test_setup(void) { CHECK(mkdtemp(root) != NULL); }
 
-TEST_MAIN(TEST(test_setup), TEST(test_single_run_page), TEST(test_several_runs_compared), TEST(test_resumed_and_stopped_log),
-          TEST(test_long_curves_thinned),
-          TEST(test_bad_runs_refused), TEST(cleanup))
+TEST_MAIN(TEST(test_setup), TEST(test_single_run_page), TEST(test_several_runs_compared),
+          TEST(test_resumed_and_stopped_log), TEST(test_long_curves_thinned), TEST(test_bad_runs_refused),
+          TEST(cleanup))

@@ -74,8 +74,9 @@ int bl_metrics_add(bl_metrics *m, const bl_tensor *logits, const bl_tensor *labe
         BL_CHECK_RC(y >= 0 && y < (double)k, "metrics: label %lld at row %lld is outside [0, %lld)", (long long)y,
                     (long long)i, (long long)k);
         for (int64_t j = 0; j < k; j++)
-            BL_CHECK_RC(isfinite(logit_at(logits, i, j)), "metrics: logits row %lld has a non-finite value (%g) in column %lld",
-                        (long long)i, logit_at(logits, i, j), (long long)j);
+            BL_CHECK_RC(isfinite(logit_at(logits, i, j)),
+                        "metrics: logits row %lld has a non-finite value (%g) in column %lld", (long long)i,
+                        logit_at(logits, i, j), (long long)j);
     }
     for (int64_t i = 0; i < n; i++) {
         int64_t y = (int64_t)bl_get_flat(labels, i), best = 0, above_label = 0;
@@ -210,7 +211,8 @@ char *bl_metrics_json(const bl_metrics_summary *s, const char *extra_members) {
         bl__text_append(&t, ",\"confusion\":[");
         for (int64_t r = 0; r < k; r++) {
             bl__text_append(&t, r ? ",[" : "[");
-            for (int64_t c = 0; c < k; c++) bl__text_printf(&t, "%s%lld", c ? "," : "", (long long)s->confusion[r * k + c]);
+            for (int64_t c = 0; c < k; c++)
+                bl__text_printf(&t, "%s%lld", c ? "," : "", (long long)s->confusion[r * k + c]);
             bl__text_append(&t, "]");
         }
         bl__text_append(&t, "]");

@@ -2,7 +2,8 @@
  * 16/32/64 channels with parameter-free "option A" shortcuts, as the widely used akamaster code) and
  * torchvision's ImageNet ResNet-18/34/50, plus resnet18_cifar, torchvision's ResNet-18 with a 3x3
  * stride-1 stem and no max-pool for 32x32 inputs. One block type covers basic and bottleneck
- * blocks; what differs between the families is data in resnet_config. */
+ * blocks; what differs between the families is data in resnet_config. The trunk runs in
+ * channels-last order, and each batch norm is fused with the residual add and ReLU after it. */
 #include "models/models_internal.h"
 
 #include <stdio.h>
@@ -120,25 +121,37 @@ static bl_tensor *subsample_pad(bl_tensor *x, int64_t pad_channels) {
     return bl_pad(sub, 6, (const int64_t[]){0, 0, 0, 0, pad_channels, pad_channels}, 0.0);
 }
 
+/* conv, then batch norm fused with the optional residual add and ReLU that follow it. */
+static bl_tensor *conv_bn(bl_conv2d_layer *conv, bl_batchnorm *bn, bl_tensor *x, bl_tensor *residual, bool relu,
+                          bool training) {
+    bl_tensor *h = bl_conv2d_layer_forward(conv, x);
+    if (!h) return NULL;
+    bl_tensor *y = bl_batch_norm_act(h, bn->weight, bn->bias, bn->running_mean, bn->running_var, residual, relu,
+                                     training, bn->momentum, bn->eps);
+    if (y && training && bn->num_batches_tracked) (*(int64_t *)bn->num_batches_tracked->data)++;
+    return y;
+}
+
 static bl_tensor *block_forward(resnet_block *b, bl_tensor *x, bool training) {
-    bl_tensor *h = x;
-    for (int i = 0; i < b->n_convs; i++) {
-        h = bl_batchnorm_forward(&b->bn[i], bl_conv2d_layer_forward(&b->conv[i], h), training);
-        if (i + 1 < b->n_convs) h = bl_relu(h);
-    }
     bl_tensor *shortcut = x;
     if (b->shortcut == SHORTCUT_SUBSAMPLE_PAD)
         shortcut = subsample_pad(x, b->pad_channels);
     else if (b->shortcut == SHORTCUT_PROJECT)
-        shortcut = bl_batchnorm_forward(&b->down_bn, bl_conv2d_layer_forward(&b->down_conv, x), training);
-    return bl_relu(bl_add(h, shortcut));
+        shortcut = conv_bn(&b->down_conv, &b->down_bn, x, NULL, false, training);
+    bl_tensor *h = x;
+    for (int i = 0; i + 1 < b->n_convs; i++) h = conv_bn(&b->conv[i], &b->bn[i], h, NULL, true, training);
+    /* The last BN adds the shortcut and applies the block's ReLU in the same pass. */
+    return conv_bn(&b->conv[b->n_convs - 1], &b->bn[b->n_convs - 1], h, shortcut, true, training);
 }
 
+/* The trunk runs channels last (bl_channels_last): every conv, BN and the final pool then work on
+ * that order directly. Converting the stem's output too keeps it so when the input's order is
+ * ambiguous (one channel). */
 static int stages(bl_model *m, bl_tensor *x, bl_tensor **out, int cap) {
     const resnet_config *cfg = m->arch->config;
     resnet *net = m->impl;
-    bl_tensor *h = bl_relu(bl_batchnorm_forward(&net->bn1, bl_conv2d_layer_forward(&net->conv1, x), m->training));
-    if (cfg->imagenet_stem) h = bl_max_pool2d(h, 3, 2, 1);
+    bl_tensor *h = bl_channels_last(conv_bn(&net->conv1, &net->bn1, bl_channels_last(x), NULL, true, m->training));
+    if (cfg->imagenet_stem) h = bl_channels_last(bl_max_pool2d(h, 3, 2, 1));
     int count = 0;
     for (int i = 0; i < net->n_blocks; i++) {
         h = block_forward(&net->blocks[i], h, m->training);
@@ -149,7 +162,12 @@ static int stages(bl_model *m, bl_tensor *x, bl_tensor **out, int cap) {
     return count;
 }
 
-static bl_tensor *pool(bl_model *m, bl_tensor *last_stage) { return bl__global_avg_pool(last_stage); }
+/* The global average pool as a 1x1 adaptive pool, which keeps to the channels-last order. */
+static bl_tensor *pool(bl_model *m, bl_tensor *last_stage) {
+    BL_NONNULL(last_stage);
+    const int64_t features[2] = {last_stage->shape[0], last_stage->shape[1]};
+    return bl_reshape(bl_adaptive_avg_pool2d(last_stage, 1, 1), 2, features);
+}
 
 static void free_impl(void *impl) {
     resnet *net = impl;

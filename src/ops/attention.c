@@ -366,8 +366,10 @@ static int check_mask(const char *op, bl_tensor *q, bl_tensor *k, bl_tensor *v, 
     return BL_OK;
 }
 
-static bool wants_fused_backward(const bl_node *node, const attention_ctx *c) {
-    bool mask_needs_grad = node->n_inputs > 3 && node->inputs[3] && node->inputs[3]->requires_grad;
+/* The fused kernel serves a first-order backward that owes no gradient to an additive mask
+ * (input mask_input of the node, when present). */
+static bool wants_fused_backward(const bl_node *node, const attention_ctx *c, int mask_input) {
+    bool mask_needs_grad = node->n_inputs > mask_input && node->inputs[mask_input]->requires_grad;
     return !bl_grad_enabled() && c->probs && !mask_needs_grad;
 }
 
@@ -376,7 +378,7 @@ static bool wants_fused_backward(const bl_node *node, const attention_ctx *c) {
 static int attention_backward(bl_node *node, bl_tensor *g, bl_tensor **gin) {
     const attention_ctx *c = node->ctx;
     bl_tensor *q = node->inputs[0], *k = node->inputs[1], *v = node->inputs[2];
-    if (wants_fused_backward(node, c)) {
+    if (wants_fused_backward(node, c, 3)) {
         bl_tensor *dq = empty_in_layout_of(q, q->ndim, q->shape), *dk = empty_in_layout_of(k, k->ndim, k->shape);
         bl_tensor *dv = empty_in_layout_of(v, v->ndim, v->shape);
         if (!dq || !dk || !dv || attention_backward_kernel(q, k, v, c->probs, g, &c->s, &c->batch, dq, dk, dv))
@@ -474,7 +476,7 @@ static int packed_backward(bl_node *node, bl_tensor *g, bl_tensor **gin) {
     const attention_ctx *c = node->ctx;
     bl_tensor *qkv = node->inputs[0];
     int64_t B = qkv->shape[0], T = qkv->shape[1], D = qkv->shape[2] / 3, hd = D / c->heads;
-    if (wants_fused_backward(node, c)) {
+    if (wants_fused_backward(node, c, 1)) {
         bl_tensor *dqkv = bl_empty(qkv->dtype, 3, qkv->shape);
         bl_tensor *rg = g->stride[2] == 1 ? g : bl_contiguous(g);
         if (!dqkv || !rg) return BL_ERR;

@@ -19,6 +19,7 @@
 #include "ballast/profile.h"
 
 #include "backend/cpu/conv.h"
+#include "backend/cpu/layout.h"
 #include "backend/ref/ref_conv.h"
 #include "core/internal.h"
 
@@ -157,6 +158,8 @@ typedef struct {
     /* conv2d only: oneDNN's reordered copy of x left by the forward pass, or NULL */
     void *saved_input;
     bool saved_with_bias;
+    /* conv2d only: x, y and the gradients are channels last and run on oneDNN as such */
+    bool channels_last;
 } conv_ctx;
 
 static bl_tensor *conv_forward(bl_tensor *x, bl_tensor *w, bl_tensor *bias, const bl_conv_geom *g);
@@ -199,12 +202,41 @@ static bool onednn_backward(const conv_ctx *c, bl_tensor *dx, bl_tensor *dw, bl_
     bl_profile_stop("conv2d.bwd", t0, conv_flops(&c->geom) * (dx ? 2 : 1));
     return true;
 }
+
+/* Both backward passes of a channels-last conv2d on oneDNN; dx and dy are channels last too. */
+static int onednn_backward_channels_last(const conv_ctx *c, bl_tensor *x, bl_tensor *w, bl_tensor *bias,
+                                         bl_tensor *g, bl_tensor **gin) {
+    const bl_conv_geom *geom = &c->geom;
+    bl_tensor *dy = cpu_channels_last_values(g);
+    bl_tensor *dx = wants_grad(x) ? cpu_empty_channels_last(BL_F32, geom->N, geom->C, geom->H, geom->W) : NULL;
+    bl_tensor *dw = wants_grad(w) ? bl_empty(w->dtype, 4, w->shape) : NULL;
+    bl_tensor *db = dw && wants_grad(bias) ? bl_empty(bias->dtype, 1, bias->shape) : NULL;
+    size_t bytes;
+    if (!dy || (wants_grad(x) && !dx) || (wants_grad(w) && !dw) || (dw && wants_grad(bias) && !db)) return BL_ERR;
+    BL_CHECK_RC(onednn_conv2d_nhwc_bwd_prepare(geom, db != NULL, &bytes) == BL_OK,
+                "conv2d: oneDNN has no channels-last backward for input %s", bl__shape(x));
+    double t0 = bl_profile_start();
+    bl_scope s = bl_scope_begin();
+    void *work = bl_arena_alloc(bytes);
+    int rc = work ? onednn_conv2d_nhwc_bwd_f32(geom, dx ? dx->data : NULL, dw ? dw->data : NULL,
+                                              db ? db->data : NULL, dy->data, w->data, x->data, work)
+                  : BL_ERR;
+    bl_scope_end(s);
+    bl_profile_stop("conv2d.bwd", t0, conv_flops(geom) * ((dx ? 1 : 0) + (dw ? 1 : 0)));
+    gin[0] = dx;
+    gin[1] = dw;
+    gin[2] = dw ? db : wants_grad(bias) ? channel_sum(dy) : NULL;
+    return rc != BL_OK || (wants_grad(bias) && !gin[2]) ? BL_ERR : BL_OK;
+}
 #endif
 
 /* First-order gradients of conv2d straight from the kernels: nothing here is differentiated
  * again, so the two passes may share work. */
 static int conv_forward_backward_fused(const conv_ctx *c, bl_tensor *x, bl_tensor *w, bl_tensor *bias, bl_tensor *g,
                                        bl_tensor **gin) {
+#ifdef BALLAST_HAVE_ONEDNN
+    if (c->channels_last) return onednn_backward_channels_last(c, x, w, bias, g, gin);
+#endif
     bl_tensor *dy = bl_contiguous(g);
     bl_tensor *dx = wants_grad(x) ? bl_empty(x->dtype, 4, x->shape) : NULL;
     bl_tensor *dw = wants_grad(w) ? bl_empty(w->dtype, 4, w->shape) : NULL;
@@ -277,7 +309,46 @@ static void *saved_input_room(const bl_conv_geom *g, bl_tensor *const *inputs) {
 #endif
 }
 
+/* conv2d of a channels-last x on oneDNN, giving a channels-last y; NULL with *declined set (and no
+ * error) when this geometry has no fast channels-last kernel. */
+static bl_tensor *conv_forward_channels_last(bl_tensor *x, bl_tensor *w, bl_tensor *bias, const bl_conv_geom *g,
+                                             bool *declined) {
+    *declined = false;
+#ifdef BALLAST_HAVE_ONEDNN
+    /* The backward must be able to stay channels last too, else neither pass does. */
+    size_t bytes, backward_bytes;
+    bool recorded = bl_autograd_needed(3, (bl_tensor *[]){x, w, bias});
+    if (onednn_conv2d_nhwc_prepare(g, BL_CONV_FWD, bias != NULL, &bytes) != BL_OK ||
+        (recorded && onednn_conv2d_nhwc_bwd_prepare(g, bias != NULL, &backward_bytes) != BL_OK)) {
+        *declined = true;
+        return NULL;
+    }
+    bl_tensor *wc = bl_contiguous(w), *bc = bias ? bl_contiguous(bias) : NULL;
+    bl_tensor *y = cpu_empty_channels_last(BL_F32, g->N, g->O, g->OH, g->OW);
+    if (!wc || (bias && !bc) || !y) return NULL;
+    double t0 = bl_profile_start();
+    bl_scope s = bl_scope_begin();
+    void *work = bl_arena_alloc(bytes);
+    int rc = work ? onednn_conv2d_nhwc_fwd_f32(g, y->data, x->data, wc->data, bc ? bc->data : NULL, work) : BL_ERR;
+    bl_scope_end(s);
+    bl_profile_stop("conv2d.fwd", t0, conv_flops(g));
+    if (rc != BL_OK) return NULL;
+    record(y, "conv2d", conv_forward_backward, 3, (bl_tensor *[]){x, wc, bc},
+           &(conv_ctx){.geom = *g, .channels_last = true});
+    return y;
+#else
+    (void)x, (void)w, (void)bias, (void)g;
+    *declined = true;
+    return NULL;
+#endif
+}
+
 static bl_tensor *conv_forward(bl_tensor *x, bl_tensor *w, bl_tensor *bias, const bl_conv_geom *g) {
+    if (x->dtype == BL_F32 && cpu_is_channels_last(x) && !bl_is_contiguous(x) && choose_impl(BL_F32) == IMPL_ONEDNN) {
+        bool declined;
+        bl_tensor *y = conv_forward_channels_last(x, w, bias, g, &declined);
+        if (!declined) return y;
+    }
     bl_tensor *xc = bl_contiguous(x), *wc = bl_contiguous(w), *bc = bias ? bl_contiguous(bias) : NULL;
     BL_NONNULL(xc, wc);
     if (bias && !bc) return NULL;
@@ -380,4 +451,22 @@ bl_tensor *bl_conv_transpose2d(bl_tensor *x, bl_tensor *weight, bl_tensor *bias,
              "conv_transpose2d: padding (%d, %d) is too large for input %s and weight %s", args.pad_h, args.pad_w,
              bl__shape(x), bl__shape(weight));
     return conv_backward_data(x, weight, bias, &g);
+}
+
+/* ---- channels-last order ---- */
+
+/* The copy changes memory order only, so the gradient passes through unchanged. */
+static int channels_last_backward(bl_node *node, bl_tensor *g, bl_tensor **gin) {
+    (void)node;
+    gin[0] = g;
+    return BL_OK;
+}
+
+bl_tensor *bl_channels_last(bl_tensor *x) {
+    BL_NONNULL(x);
+    BL_CHECK(x->ndim == 4, "channels_last: expected an (N, C, H, W) tensor, got %s", bl__shape(x));
+    if (cpu_is_channels_last(x)) return x;
+    bl_tensor *y = cpu_channels_last_values(x);
+    bl_autograd_record(y, "channels_last", channels_last_backward, 1, &x, 0);
+    return y;
 }

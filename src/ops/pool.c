@@ -10,10 +10,13 @@
  *  - Max pools record the argmax of each window (its index in the input plane; the first maximum,
  *    or a NaN, which propagates as in torch). The output is then a gather of the input at those
  *    indices: its gradient scatters into a zero plane, and the gradient of that scatter is the
- *    gather again. */
+ *    gather again.
+ * Average pools of F32 channels-last inputs run on that order and keep it (the global average
+ * pool at the end of a CNN kept channels last then needs no conversion either way). */
 #include "ballast/ops.h"
 #include "ballast/profile.h"
 
+#include "backend/cpu/layout.h"
 #include "core/internal.h"
 
 #include <math.h>
@@ -135,12 +138,61 @@ static void adaptive_windows(int64_t out, int64_t in, int64_t *start, int64_t *e
 POOL_KERNELS(float, f32)
 POOL_KERNELS(double, f64)
 
+/* Channels-last average pools (F32): each position's C channels are adjacent, so a window's sum
+ * is a sum of C-vectors. One output row (image, oh) per iteration for the average; one image per
+ * iteration for the adjoint, whose windows may overlap. */
+
+/* y (N, OH, OW, C) = window averages of x (N, H, W, C) */
+static void window_average_nhwc_f32(const window_plan *p, int64_t C, float *y, const float *x) {
+    const int64_t N = p->planes / C;
+    _Pragma("omp parallel for schedule(static) if (p->planes * p->H * p->W >= PARALLEL_MIN)")
+    for (int64_t row = 0; row < N * p->OH; row++) {
+        const int64_t n = row / p->OH, oh = row % p->OH;
+        const float *xn = x + n * p->H * p->W * C;
+        for (int64_t ow = 0; ow < p->OW; ow++) {
+            float *yo = y + (row * p->OW + ow) * C;
+            const float inv = 1.0f / (float)(p->h_div[oh] * p->w_div[ow]);
+            for (int64_t c = 0; c < C; c++) yo[c] = 0;
+            for (int64_t h = p->h_start[oh]; h < p->h_end[oh]; h++)
+                for (int64_t w = p->w_start[ow]; w < p->w_end[ow]; w++) {
+                    const float *xp = xn + (h * p->W + w) * C;
+#pragma omp simd
+                    for (int64_t c = 0; c < C; c++) yo[c] += xp[c];
+                }
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) yo[c] *= inv;
+        }
+    }
+}
+
+/* dx (N, H, W, C) = the adjoint of window_average_nhwc applied to g (N, OH, OW, C) */
+static void window_average_adjoint_nhwc_f32(const window_plan *p, int64_t C, float *dx, const float *g) {
+    const int64_t N = p->planes / C;
+    _Pragma("omp parallel for schedule(static) if (p->planes * p->H * p->W >= PARALLEL_MIN)")
+    for (int64_t n = 0; n < N; n++) {
+        float *dn = dx + n * p->H * p->W * C;
+        memset(dn, 0, (size_t)(p->H * p->W * C) * sizeof *dn);
+        for (int64_t oh = 0; oh < p->OH; oh++)
+            for (int64_t ow = 0; ow < p->OW; ow++) {
+                const float *go = g + ((n * p->OH + oh) * p->OW + ow) * C;
+                const float inv = 1.0f / (float)(p->h_div[oh] * p->w_div[ow]);
+                for (int64_t h = p->h_start[oh]; h < p->h_end[oh]; h++)
+                    for (int64_t w = p->w_start[ow]; w < p->w_end[ow]; w++) {
+                        float *dp = dn + (h * p->W + w) * C;
+#pragma omp simd
+                        for (int64_t c = 0; c < C; c++) dp[c] += go[c] * inv;
+                    }
+            }
+    }
+}
+
 /* ---- average pools: the linear pair ---- */
 
 typedef struct {
     const window_plan *plan;
     bool adjoint;
     const char *name, *adjoint_name; /* of the two directions, for the tape */
+    bool channels_last;              /* F32 input and result kept channels last (see layout.h) */
 } average_ctx;
 
 static bl_tensor *window_average(bl_tensor *x, const average_ctx *c);
@@ -155,14 +207,17 @@ static int window_average_backward(bl_node *node, bl_tensor *g, bl_tensor **gin)
 /* The average pool described by c->plan, or its adjoint (input (N, C, OH, OW) -> (N, C, H, W)). */
 static bl_tensor *window_average(bl_tensor *x, const average_ctx *c) {
     const window_plan *p = c->plan;
-    bl_tensor *xc = bl_contiguous(x);
+    bl_tensor *xc = c->channels_last ? cpu_channels_last_values(x) : bl_contiguous(x);
     if (!xc) return NULL;
     int64_t shape[4] = {x->shape[0], x->shape[1], c->adjoint ? p->H : p->OH, c->adjoint ? p->W : p->OW};
-    bl_tensor *y = bl_empty(x->dtype, 4, shape);
+    bl_tensor *y = c->channels_last ? cpu_empty_channels_last(x->dtype, shape[0], shape[1], shape[2], shape[3])
+                                    : bl_empty(x->dtype, 4, shape);
     if (!y) return NULL;
     const char *name = c->adjoint ? c->adjoint_name : c->name;
     double t0 = bl_profile_start();
-    if (x->dtype == BL_F32)
+    if (c->channels_last)
+        (c->adjoint ? window_average_adjoint_nhwc_f32 : window_average_nhwc_f32)(p, x->shape[1], y->data, xc->data);
+    else if (x->dtype == BL_F32)
         (c->adjoint ? window_average_adjoint_f32 : window_average_f32)(p, y->data, xc->data);
     else
         (c->adjoint ? window_average_adjoint_f64 : window_average_f64)(p, y->data, xc->data);
@@ -279,16 +334,21 @@ bl_tensor *bl_adaptive_max_pool2d(bl_tensor *x, int out_h, int out_w) {
     return p ? window_max(x, p, "adaptive_max_pool2d", "adaptive_max_pool2d_backward") : NULL;
 }
 
+/* Average pools keep an F32 channels-last input's order (see layout.h); others run on NCHW planes. */
+static bool keeps_channels_last(const bl_tensor *x) {
+    return x->dtype == BL_F32 && cpu_is_channels_last(x) && !bl_is_contiguous(x);
+}
+
 bl_tensor *bl_avg_pool2d(bl_tensor *x, int kernel, int stride, int pad) {
     BL_NONNULL(x);
     window_plan *p = fixed_plan("avg_pool2d", x, kernel, &stride, pad);
-    average_ctx c = {p, false, "avg_pool2d", "avg_pool2d_backward"};
+    average_ctx c = {p, false, "avg_pool2d", "avg_pool2d_backward", keeps_channels_last(x)};
     return p ? window_average(x, &c) : NULL;
 }
 
 bl_tensor *bl_adaptive_avg_pool2d(bl_tensor *x, int out_h, int out_w) {
     BL_NONNULL(x);
     window_plan *p = adaptive_plan("adaptive_avg_pool2d", x, out_h, out_w);
-    average_ctx c = {p, false, "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward"};
+    average_ctx c = {p, false, "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward", keeps_channels_last(x)};
     return p ? window_average(x, &c) : NULL;
 }

@@ -1,5 +1,8 @@
 /* View ops: new shape/strides/offset over the same memory. Each records a node whose backward
- * maps the gradient back with another view (or, for slices, places it into zeros). */
+ * maps the gradient back with another view (or, for slices, places it into zeros). Reshape is a
+ * view whenever the new dims only split or merge runs of dims that are already laid out one
+ * inside the other (as torch.reshape), so squeezing or selecting from a permuted tensor, and
+ * merging dims that a transpose put back in order, cost no copy. */
 #include "ballast/ops.h"
 
 #include "core/internal.h"
@@ -41,6 +44,36 @@ bl_tensor *bl_contiguous(bl_tensor *a) {
 
 /* ---- reshape ---- */
 
+/* Strides for viewing a's memory as (ndim, shape), same numel. a's dims are taken from the
+ * innermost out in runs ("chunks") of dims nested without gaps (stride of one = stride times size
+ * of the next); the new dims must cover each chunk exactly, a product of new sizes equal to the
+ * chunk's size. False when they do not, and the reshape needs a copy. */
+static bool view_strides(const bl_tensor *a, int ndim, const int64_t *shape, int64_t *stride) {
+    if (bl_numel(a) == 0) {
+        bl__contiguous_strides(ndim, shape, stride);
+        return true;
+    }
+    int old = a->ndim - 1, d = ndim - 1;
+    int64_t outer = 1;
+    while (old >= 0) {
+        if (a->shape[old] == 1) { /* size-1 dims address nothing */
+            old--;
+            continue;
+        }
+        int64_t base = a->stride[old], chunk = a->shape[old--];
+        while (old >= 0 && (a->shape[old] == 1 || a->stride[old] == base * chunk)) chunk *= a->shape[old--];
+        int64_t covered = 1;
+        while (d >= 0 && covered < chunk) {
+            stride[d] = base * covered;
+            covered *= shape[d--];
+        }
+        if (covered != chunk) return false;
+        outer = base * chunk;
+    }
+    for (; d >= 0; d--) stride[d] = outer; /* what is left has size 1 (the numels agree) */
+    return true;
+}
+
 static int reshape_backward(bl_node *node, bl_tensor *g, bl_tensor **gin) {
     bl_tensor *a = node->inputs[0];
     gin[0] = bl_reshape(g, a->ndim, a->shape);
@@ -69,10 +102,13 @@ bl_tensor *bl_reshape(bl_tensor *a, int ndim, const int64_t *shape) {
     }
     BL_CHECK(known == bl_numel(a), "reshape: %s has %lld elements, the target shape %lld", bl__shape(a),
              (long long)bl_numel(a), (long long)known);
-    bl_tensor *src = bl_contiguous(a);
-    if (!src) return NULL;
     int64_t stride[BL_MAX_DIMS];
-    bl__contiguous_strides(ndim, resolved, stride);
+    bl_tensor *src = a;
+    if (!view_strides(a, ndim, resolved, stride)) {
+        src = bl_contiguous(a);
+        if (!src) return NULL;
+        bl__contiguous_strides(ndim, resolved, stride);
+    }
     bl_tensor *out = make_view(src, ndim, resolved, stride, 0);
     bl_tensor *in[1] = {src};
     bl_autograd_record(out, "reshape", reshape_backward, 1, in, 0);

@@ -14,9 +14,10 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
-/* Steps charts average consecutive records down to this many points: enough for any screen. */
+/* Charts over steps average consecutive records down to this many points: enough for any screen. */
 #define MAX_CURVE_POINTS 600
 
 typedef struct {
@@ -189,7 +190,13 @@ static int take_record(run_data *run, const log_position *at, const bl__json *re
                             : strcmp(eval->string, "test") == 0 ? &run->last_test
                                                                 : NULL;
         if (!keep) return BL_OK; /* another split: not part of the report */
-        if (keep == &run->last_val) BL_TRY(curve_push(&run->val_top1, epoch, value));
+        if (keep == &run->last_val) {
+            /* a method may evaluate again after training at the same epoch (e.g. with a tuned
+             * test-time parameter): the later record stands for that epoch */
+            curve *c = &run->val_top1;
+            if (c->n > 0 && c->x[c->n - 1] == epoch) c->y[c->n - 1] = value;
+            else BL_TRY(curve_push(c, epoch, value));
+        }
         eval_free(keep);
         keep->pool = *pool;
         keep->root = rec;
@@ -278,10 +285,12 @@ static int read_config(run_data *run, const char *path) {
     if (!c) return BL_ERR;
     int status = bl_config_declare(c, NULL, labels, (int)(sizeof labels / sizeof labels[0]));
     if (status == BL_OK) {
-        if (bl_config_has(c, "method.name")) copy_string(run->method, sizeof run->method, bl_config_string(c, "method.name"));
+        if (bl_config_has(c, "method.name"))
+            copy_string(run->method, sizeof run->method, bl_config_string(c, "method.name"));
         if (bl_config_has(c, "dataset.name"))
             copy_string(run->dataset, sizeof run->dataset, bl_config_string(c, "dataset.name"));
-        if (bl_config_has(c, "model.name")) copy_string(run->model, sizeof run->model, bl_config_string(c, "model.name"));
+        if (bl_config_has(c, "model.name"))
+            copy_string(run->model, sizeof run->model, bl_config_string(c, "model.name"));
         run->imbalance = bl_config_has(c, "dataset.imbalance") ? bl_config_float(c, "dataset.imbalance") : NAN;
     }
     bl_config_free(c);
@@ -290,6 +299,12 @@ static int read_config(run_data *run, const char *path) {
 
 static int read_run(run_data *run, const char *dir) {
     memset(run, 0, sizeof *run);
+    struct stat st;
+    bool exists = stat(dir, &st) == 0;
+    if (!exists || !S_ISDIR(st.st_mode)) {
+        bl_set_error("%s: not a run directory (%s)", dir, exists ? "not a directory" : strerror(errno));
+        return BL_ERR;
+    }
     run->dir = dir;
     run->imbalance = NAN;
     /* the label is the directory's last component */
@@ -369,7 +384,8 @@ static void append_metrics_table(bl__text *h, const run_data *run) {
         }
         bl__text_append(h, "</tr>\n");
     }
-    if (!any) bl__text_printf(h, "<tr><td colspan=\"%d\">no evaluation in the log yet</td></tr>\n", N_METRIC_COLUMNS + 3);
+    if (!any)
+        bl__text_printf(h, "<tr><td colspan=\"%d\">no evaluation in the log yet</td></tr>\n", N_METRIC_COLUMNS + 3);
     bl__text_append(h, "</tbody></table>\n<p class=\"note\">Accuracies, precision, recall and ECE in %. Many / "
                        "medium / few: classes with &gt; 100 / 20&ndash;100 / &lt; 20 training images, each the mean of "
                        "its classes' accuracies.</p>\n");
@@ -561,7 +577,8 @@ static const char page_style[] =
     "body{font-family:Helvetica,Arial,sans-serif;color:#222;margin:24px auto;max-width:1180px;padding:0 16px}"
     "h1{font-size:24px;margin-bottom:4px}h2{font-size:19px;margin:32px 0 4px;border-bottom:1px solid #ddd;"
     "padding-bottom:4px}p.meta{margin:4px 0 10px;color:#444}p.note{color:#666;font-size:12px;margin:4px 0 12px}"
-    ".dir{color:#888;font-family:monospace}p.error{color:#b00020;font-weight:600}table{border-collapse:collapse;font-size:13px;margin:8px 0}"
+    ".dir{color:#888;font-family:monospace}p.error{color:#b00020;font-weight:600}"
+    "table{border-collapse:collapse;font-size:13px;margin:8px 0}"
     "th,td{padding:4px 10px;border-bottom:1px solid #e3e3e3;text-align:right}th{background:#f4f6f8}"
     "td:first-child,th:first-child{text-align:left}td.best{font-weight:700}"
     "#comparison td:nth-child(-n+3),#comparison th:nth-child(-n+3){text-align:left}"

@@ -149,8 +149,8 @@ static void draw_line(bl__text *out, const bl__series *s, const axis *x, const a
 static void draw_points(bl__text *out, const bl__series *s, const axis *x, const axis *y) {
     for (int64_t i = 0; i < s->n; i++) {
         if (!plottable(x, s->x[i]) || !plottable(y, s->y[i])) continue;
-        bl__text_printf(out, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3.6\" fill=\"%s\" fill-opacity=\"0.85\" stroke=\"#fff\" "
-                             "stroke-width=\"0.6\">",
+        bl__text_printf(out, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3.6\" fill=\"%s\" fill-opacity=\"0.85\" "
+                             "stroke=\"#fff\" stroke-width=\"0.6\">",
                         to_px(x, s->x[i], PLOT_LEFT, PLOT_RIGHT), to_px(y, s->y[i], PLOT_BOTTOM, PLOT_TOP), s->color);
         if (s->point_titles && s->point_titles[i]) {
             bl__text_append(out, "<title>");
@@ -168,7 +168,8 @@ static int64_t points_inside(const bl__series *series, int n, const axis *x, con
     for (int s = 0; s < n; s++)
         for (int64_t i = 0; i < series[s].n; i++) {
             if (!plottable(x, series[s].x[i]) || !plottable(y, series[s].y[i])) continue;
-            double px = to_px(x, series[s].x[i], PLOT_LEFT, PLOT_RIGHT), py = to_px(y, series[s].y[i], PLOT_BOTTOM, PLOT_TOP);
+            double px = to_px(x, series[s].x[i], PLOT_LEFT, PLOT_RIGHT);
+            double py = to_px(y, series[s].y[i], PLOT_BOTTOM, PLOT_TOP);
             inside += px >= x0 - 4 && px <= x0 + w + 4 && py >= y0 - 4 && py <= y0 + h + 4;
         }
     return inside;
@@ -190,8 +191,8 @@ static void draw_legend(bl__text *out, const bl__series *series, int n, const ax
         int64_t covered = points_inside(series, n, x, y, cx, cy, width, height);
         if (fewest < 0 || covered < fewest) fewest = covered, x0 = cx, y0 = cy;
     }
-    bl__text_printf(out, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"#fff\" fill-opacity=\"0.85\" "
-                         "stroke=\"#ddd\"/>\n",
+    bl__text_printf(out, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"#fff\" "
+                         "fill-opacity=\"0.85\" stroke=\"#ddd\"/>\n",
                     x0, y0, width, height);
     int row = 0;
     for (int i = 0; i < n; i++) {
@@ -289,8 +290,8 @@ void bl__svg_heatmap(bl__text *out, const char *title, const int64_t *counts, in
                     width, height);
     bl__text_printf(out, "<text x=\"%.1f\" y=\"20\" font-size=\"14\" font-weight=\"600\">", left);
     bl__text_append_escaped(out, title);
-    bl__text_printf(out, "</text>\n<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"rgb(247,251,255)\" "
-                         "stroke=\"#999\"/>\n",
+    bl__text_printf(out, "</text>\n<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" "
+                         "fill=\"rgb(247,251,255)\" stroke=\"#999\"/>\n",
                     left, top, grid, grid);
     for (int64_t r = 0; r < k; r++) {
         int64_t row_sum = 0;
@@ -304,8 +305,8 @@ void bl__svg_heatmap(bl__text *out, const char *title, const int64_t *counts, in
             double x = left + cell * (double)c, y = top + cell * (double)r;
             bl__text_printf(out, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\"><title>", x, y,
                             cell, cell, color);
-            bl__text_printf(out, "true %lld, predicted %lld: %lld (%.1f%%)</title></rect>\n", (long long)r, (long long)c,
-                            (long long)n, 100 * share);
+            bl__text_printf(out, "true %lld, predicted %lld: %lld (%.1f%%)</title></rect>\n", (long long)r,
+                            (long long)c, (long long)n, 100 * share);
             if (cell >= 26)
                 bl__text_printf(out, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-size=\"10\" fill=\"%s\" "
                                      "pointer-events=\"none\">%.0f</text>\n",
@@ -333,8 +334,8 @@ void bl__svg_heatmap(bl__text *out, const char *title, const int64_t *counts, in
         bl__text_printf(out, "<rect x=\"%.1f\" y=\"%.1f\" width=\"14\" height=\"%.1f\" fill=\"%s\"/>", bar_x,
                         top + grid - step * (i + 1), step + 0.3, color);
     }
-    bl__text_printf(out, "\n<rect x=\"%.1f\" y=\"%.1f\" width=\"14\" height=\"%.1f\" fill=\"none\" stroke=\"#999\"/>", bar_x,
-                    top, grid);
+    bl__text_printf(out, "\n<rect x=\"%.1f\" y=\"%.1f\" width=\"14\" height=\"%.1f\" fill=\"none\" stroke=\"#999\"/>",
+                    bar_x, top, grid);
     static const int shares[] = {0, 5, 25, 50, 100};
     for (int i = 0; i < 5; i++)
         bl__text_printf(out, "<text x=\"%.1f\" y=\"%.1f\">%d%%</text>", bar_x + 18,
