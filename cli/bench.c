@@ -1,6 +1,8 @@
 /* `ballast bench`: training and inference throughput of a model, GEMM and convolution GFLOP/s,
- * and the machine's FMA peak, each as one JSON line; with --torch the same workload runs in
- * PyTorch (bench/torch_bench.py) and the line carries the ratio ballast / PyTorch. */
+ * and the machine's FMA peak (with the widest FMA the CPU has), each as one JSON line; with --torch
+ * the same workload runs in PyTorch (bench/torch_bench.py) and the line carries the ratio
+ * ballast / PyTorch. On a shared machine, --repeat alternates the two several times and reports
+ * medians, and cpu_share tells how much of the cores the run actually got. */
 #include "cli.h"
 
 #include "ballast/ballast.h"
@@ -23,12 +25,13 @@ static const cli_option options[] = {
     {"steps", "N", "timed steps (median reported), default 10", false},
     {"warmup", "N", "untimed steps first, default 3", false},
     {"classes", "N", "classes, default 10", false},
+    {"repeat", "N", "runs (each followed by PyTorch's with --torch); medians reported, default 1", false},
     {"torch", NULL, "also run the identical PyTorch workload and print the ratio", false},
     {"profile", NULL, "print time, share and GFLOP/s per op", false},
 };
 
 static const char usage[] =
-    "usage: ballast bench train|infer [--model NAME --batch B --threads T --steps N --torch --profile]\n"
+    "usage: ballast bench train|infer [--model NAME --batch B --threads T --steps N --repeat R --torch --profile]\n"
     "       ballast bench gemm|conv|peak [--threads T]";
 
 static double peak_rss_mb(void) {
@@ -91,13 +94,67 @@ static void print_profile(double seconds_total) {
             seconds_total * 1e3, 100.0, 100 * (1 - covered / seconds_total));
 }
 
+/* CPU seconds (user + system) this process has used so far, all threads together. */
+static double cpu_seconds(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + 1e-6 * (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
+typedef struct {
+    bl_model *m;
+    bl_optimizer *opt;
+    bool train;
+    bl_tensor *x, *y;
+    long warmup, steps;
+} workload;
+
+/* One run: warmup steps, then timed steps (their times in times[], profiled). Returns the median
+ * step time, or a negative value after reporting an error; *cpu_share is the CPU time the process
+ * got during the timed steps over wall time times threads: well below 1 when other processes took
+ * the cores (then the run measures the machine's load more than the code). */
+static double timed_run(const workload *w, int threads, double *times, double *cpu_share) {
+    double cpu0 = 0, wall = 0;
+    for (long s = 0; s < w->warmup + w->steps; s++) {
+        if (s == w->warmup) {
+            bl_profile_enable(true);
+            cpu0 = cpu_seconds();
+        }
+        double t0 = bl_now();
+        bl_scope scope = bl_scope_begin();
+        bool ok = true;
+        if (w->train) {
+            bl_params_zero_grad(&w->m->params);
+            bl_tensor *loss = bl_cross_entropy(bl_model_forward(w->m, w->x), w->y, bl_ce_args_default());
+            ok = bl_backward(loss) == BL_OK && bl_optimizer_step(w->opt) == BL_OK;
+        } else {
+            BL_NO_GRAD { ok = bl_model_forward(w->m, w->x) != NULL; }
+        }
+        bl_scope_end(scope);
+        if (!ok) {
+            bl_profile_enable(false);
+            cli_fail("bench");
+            return -1;
+        }
+        if (s >= w->warmup) wall += times[s - w->warmup] = bl_now() - t0;
+    }
+    bl_profile_enable(false);
+    *cpu_share = (cpu_seconds() - cpu0) / (wall * threads);
+    return median(times, (int)w->steps);
+}
+
+/* Runs the workload `repeat` times, each followed by the PyTorch twin when asked (so that both
+ * sides see the same time windows of a shared machine), and prints one JSON line with the medians
+ * over the repeats and the median, lowest and highest of the per-pair ratios. */
 static int bench_model(const cli_args *a, bool train) {
     const char *name = cli_has(a, "model") ? cli_get(a, "model") : "resnet32";
-    long batch, threads, steps, warmup, classes;
+    long batch, threads, steps, warmup, classes, repeat;
     if (!cli_int(a, "batch", 128, &batch) || !cli_int(a, "threads", 2, &threads) || !cli_int(a, "steps", 10, &steps) ||
-        !cli_int(a, "warmup", 3, &warmup) || !cli_int(a, "classes", 10, &classes))
+        !cli_int(a, "warmup", 3, &warmup) || !cli_int(a, "classes", 10, &classes) || !cli_int(a, "repeat", 1, &repeat))
         return 2;
     if (steps < 1) steps = 1;
+    if (repeat < 1) repeat = 1;
+    bool torch = cli_has(a, "torch");
     bl_set_threads((int)threads);
     bl_model_opts opts = {.num_classes = classes, .image_size = 32, .patch_size = 4};
     bl_model *m = bl_model_create(name, &opts, 0);
@@ -114,50 +171,47 @@ static int bench_model(const cli_args *a, bool train) {
     bl_tensor *y = bl_empty(BL_I64, BL_SHAPE(batch));
     bl_fill_normal_(x, &rng, 0, 1);
     for (long i = 0; i < batch; i++) ((int64_t *)y->data)[i] = bl_rng_below(&rng, classes);
-    double *times = calloc((size_t)steps, sizeof *times);
-    int status = 0;
-    for (long s = 0; s < warmup + steps && status == 0; s++) {
-        if (s == warmup) {
-            bl_profile_reset();
-            bl_profile_enable(true);
+    workload w = {m, &opt, train, x, y, warmup, steps};
+    double *times = calloc((size_t)steps, sizeof *times), *runs = calloc(5 * (size_t)repeat, sizeof *runs);
+    double *step_s = runs, *shares = runs + repeat, *torch_ips = runs + 2 * repeat, *ratios = runs + 3 * repeat;
+    double *torch_rss = runs + 4 * repeat, profiled = 0;
+    int status = times && runs ? 0 : cli_fail("bench");
+    bl_profile_reset();
+    for (long r = 0; r < repeat && status == 0; r++) {
+        step_s[r] = timed_run(&w, (int)threads, times, &shares[r]);
+        if (step_s[r] < 0) {
+            status = 1;
+            break;
         }
-        double t0 = bl_now();
-        bl_scope scope = bl_scope_begin();
-        if (train) {
-            bl_params_zero_grad(&m->params);
-            bl_tensor *loss = bl_cross_entropy(bl_model_forward(m, x), y, bl_ce_args_default());
-            if (bl_backward(loss) != BL_OK || bl_optimizer_step(&opt) != BL_OK) status = cli_fail("bench");
-        } else {
-            BL_NO_GRAD {
-                if (!bl_model_forward(m, x)) status = cli_fail("bench");
-            }
-        }
-        bl_scope_end(scope);
-        if (s >= warmup) times[s - warmup] = bl_now() - t0;
+        for (long i = 0; i < steps; i++) profiled += times[i];
+        if (torch)
+            torch_ips[r] = torch_img_per_s(name, train ? "train" : "infer", batch, threads, steps, warmup, classes, true,
+                                           &torch_rss[r]);
+        ratios[r] = torch_ips[r] > 0 ? (double)batch / step_s[r] / torch_ips[r] : 0;
     }
-    bl_profile_enable(false);
     if (status == 0) {
-        double total = 0;
-        for (long i = 0; i < steps; i++) total += times[i];
-        double flops_per_step = bl_profile_total_flops() / (double)steps;
-        double step_s = median(times, (int)steps), ips = (double)batch / step_s;
+        double flops_per_step = bl_profile_total_flops() / (double)(steps * repeat);
+        double med = median(step_s, (int)repeat), ips = (double)batch / med;
         printf("{\"model\": \"%s\", \"mode\": \"%s\", \"batch\": %ld, \"threads\": %ld, \"img_per_s\": %.2f, "
-               "\"step_ms\": %.2f, \"gflops\": %.1f, \"peak_rss_mb\": %.1f",
-               name, train ? "train" : "infer", batch, threads, ips, step_s * 1e3, flops_per_step / step_s * 1e-9,
-               peak_rss_mb());
-        if (cli_has(a, "torch")) {
-            double trss = 0;
-            double t = torch_img_per_s(name, train ? "train" : "infer", batch, threads, steps, warmup, classes, true, &trss);
-            if (t > 0)
-                printf(", \"torch_img_per_s\": %.2f, \"torch_peak_rss_mb\": %.1f, \"ratio\": %.3f", t, trss, ips / t);
-            else
-                printf(", \"torch\": \"unavailable (needs /usr/bin/python3 with torch)\"");
+               "\"step_ms\": %.2f, \"gflops\": %.1f, \"peak_rss_mb\": %.1f, \"arena_peak_mb\": %.1f, "
+               "\"cpu_share\": %.2f",
+               name, train ? "train" : "infer", batch, threads, ips, med * 1e3, flops_per_step / med * 1e-9,
+               peak_rss_mb(), (double)bl_arena_peak() / (1 << 20), median(shares, (int)repeat));
+        if (repeat > 1) printf(", \"repeats\": %ld", repeat);
+        if (torch && torch_ips[0] > 0) {
+            double t = median(torch_ips, (int)repeat), rss = median(torch_rss, (int)repeat);
+            double ratio = median(ratios, (int)repeat); /* sorts: lowest and highest at the ends */
+            printf(", \"torch_img_per_s\": %.2f, \"torch_peak_rss_mb\": %.1f, \"ratio\": %.3f", t, rss, ratio);
+            if (repeat > 1) printf(", \"ratio_min\": %.3f, \"ratio_max\": %.3f", ratios[0], ratios[repeat - 1]);
+        } else if (torch) {
+            printf(", \"torch\": \"unavailable (needs /usr/bin/python3 with torch)\"");
         }
         printf("}\n");
         fflush(stdout);
-        if (cli_has(a, "profile")) print_profile(total);
+        if (cli_has(a, "profile")) print_profile(profiled);
     }
     free(times);
+    free(runs);
     bl_scope_end(outer);
     bl_optimizer_free(&opt);
     bl_model_free(m);

@@ -1,5 +1,6 @@
 /* `ballast eval`: evaluates a trained run (its latest checkpoint) or a given checkpoint on a split
- * of its dataset with the run's method, and prints the long-tailed metrics. */
+ * of its dataset with the run's method, and prints the long-tailed metrics; given several runs, it
+ * prints one comparison table (method, top-1, many / medium / few-shot accuracy) instead. */
 #include "cli.h"
 
 #include "ballast/ballast.h"
@@ -16,19 +17,71 @@ static const cli_option options[] = {
     {"per-class", NULL, "print each class's training count and accuracy", false},
 };
 
-static const char usage[] = "usage: ballast eval RUN_DIR|CHECKPOINT [--split test|val|train] [--json FILE] [--per-class]";
+static const char usage[] =
+    "usage: ballast eval RUN_DIR|CHECKPOINT [--split test|val|train] [--json FILE] [--per-class]\n"
+    "       ballast eval RUN_DIR RUN_DIR ... [--split test|val|train]   (one table row per run)";
 
 static void print_group(const char *name, double acc, int64_t classes) {
     if (isnan(acc)) printf("  %-8s      -  (%lld classes)\n", name, (long long)classes);
     else printf("  %-8s %6.2f%% (%lld classes)\n", name, 100 * acc, (long long)classes);
 }
 
+static void print_percent(double v) {
+    if (isnan(v)) printf(" %7s", "-");
+    else printf(" %6.2f%%", 100 * v);
+}
+
+/* Opens and evaluates one run; on success *run_out and *m_out hold it (free both). */
+static int evaluate_run(const char *path, const char *split, bl_run **run_out, bl_metrics *m_out,
+                        bl_metrics_summary *s) {
+    bl_run *run = bl_run_open(path);
+    if (!run) return BL_ERR;
+    const bl_dataset *ds = strcmp(split, "test") == 0 ? &run->test : strcmp(split, "val") == 0 ? &run->val : &run->train;
+    if (!ds->labels || bl_numel(ds->labels) == 0) {
+        bl_set_error("run %s has no %s split (dataset.val_per_class is 0)", run->dir, split);
+        bl_run_free(run);
+        return BL_ERR;
+    }
+    if (bl_run_evaluate(run, ds, m_out) != BL_OK) {
+        bl_run_free(run);
+        return BL_ERR;
+    }
+    if (bl_metrics_summarize(m_out, run->class_counts, s) != BL_OK) {
+        bl_metrics_free(m_out);
+        bl_run_free(run);
+        return BL_ERR;
+    }
+    *run_out = run;
+    return BL_OK;
+}
+
+static int compare_runs(const cli_args *a, const char *split) {
+    printf("%-28s %-16s %8s %8s %8s %8s   (%s split; groups by training images: many > 100, few < 20)\n", "run",
+           "method", "top-1", "many", "medium", "few", split);
+    for (int i = 0; i < a->n_positional; i++) {
+        bl_run *run;
+        bl_metrics m;
+        bl_metrics_summary s;
+        if (evaluate_run(a->positional[i], split, &run, &m, &s) != BL_OK) return cli_fail(a->positional[i]);
+        const char *name = strrchr(run->dir, '/');
+        printf("%-28s %-16s", name && name[1] ? name + 1 : run->dir, run->method->name);
+        print_percent(s.top1);
+        print_percent(s.many);
+        print_percent(s.medium);
+        print_percent(s.few);
+        printf("\n");
+        bl_metrics_free(&m);
+        bl_run_free(run);
+    }
+    return 0;
+}
+
 int cmd_eval(int argc, char **argv) {
     cli_args a;
     int rc = cli_parse(&a, usage, options, (int)(sizeof options / sizeof options[0]), argc, argv);
     if (rc) return rc < 0 ? 2 : 0;
-    if (a.n_positional != 1) {
-        fprintf(stderr, "ballast eval: give one run directory or checkpoint (see --help)\n");
+    if (a.n_positional < 1) {
+        fprintf(stderr, "ballast eval: give a run directory or checkpoint (see --help)\n");
         return 2;
     }
     const char *split = cli_has(&a, "split") ? cli_get(&a, "split") : "test";
@@ -36,23 +89,19 @@ int cmd_eval(int argc, char **argv) {
         fprintf(stderr, "ballast eval: --split must be test, val or train, got '%s'\n", split);
         return 2;
     }
-    bl_run *run = bl_run_open(a.positional[0]);
-    if (!run) return cli_fail(NULL);
-    const bl_dataset *ds = strcmp(split, "test") == 0 ? &run->test : strcmp(split, "val") == 0 ? &run->val : &run->train;
-    if (!ds->labels || bl_numel(ds->labels) == 0) {
-        fprintf(stderr, "ballast eval: run %s has no %s split (dataset.val_per_class is 0)\n", run->dir, split);
-        bl_run_free(run);
-        return 1;
+    if (a.n_positional > 1) {
+        if (cli_has(&a, "json") || cli_has(&a, "per-class")) {
+            fprintf(stderr, "ballast eval: --json and --per-class take a single run\n");
+            return 2;
+        }
+        return compare_runs(&a, split);
     }
+    bl_run *run;
     bl_metrics m;
     bl_metrics_summary s;
-    if (bl_run_evaluate(run, ds, &m) != BL_OK) {
-        bl_run_free(run);
-        return cli_fail(NULL);
-    }
-    rc = bl_metrics_summarize(&m, run->class_counts, &s);
+    if (evaluate_run(a.positional[0], split, &run, &m, &s) != BL_OK) return cli_fail(NULL);
     char *json = NULL;
-    if (rc == BL_OK && cli_has(&a, "json")) {
+    if (cli_has(&a, "json")) {
         char head[64];
         snprintf(head, sizeof head, "\"eval\":\"%s\",\"epoch\":%d", split, run->epoch);
         json = bl_metrics_json(&s, head);

@@ -76,9 +76,9 @@ int cmd_train(int argc, char **argv) {
     bl_run *run = bl_run_create(config, &opts);
     if (!run) return cli_fail(NULL);
     if (!opts.quiet)
-        fprintf(stderr, "run %s: %s on %s (%lld training images, %lld classes), model %s, %d epochs\n", run->dir,
+        fprintf(stderr, "run %s: %s on %s (%lld training images, %lld classes), model %s, %d epoch%s\n", run->dir,
                 run->method->name, bl_config_string(run->config, "dataset.name"), (long long)bl_numel(run->train.labels),
-                (long long)run->num_classes, run->model->name, run->epochs);
+                (long long)run->num_classes, run->model->name, run->epochs, run->epochs == 1 ? "" : "s");
     rc = bl_run_train(run);
     bl_run_free(run);
     return rc == BL_OK ? 0 : cli_fail(NULL);

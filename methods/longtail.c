@@ -31,11 +31,14 @@ int bl_lt_effective_number_weights(const int64_t *counts, int64_t classes, doubl
     double sum = 0;
     int64_t present = 0;
     for (int64_t c = 0; c < classes; c++) {
-        /* -expm1(n log beta) = 1 - beta^n without cancellation when beta is close to 1. */
-        double effective = counts[c] == 0 ? 0 : beta == 0 ? 1 : -expm1((double)counts[c] * log(beta)) / (1 - beta);
-        weights[c] = counts[c] == 0 ? 0 : 1 / effective;
+        weights[c] = 0;
+        if (counts[c] == 0) continue;
+        /* E_n = (1 - beta^n) / (1 - beta); -expm1(n log beta) is 1 - beta^n without cancellation
+         * when beta is close to 1. */
+        double effective = beta == 0 ? 1 : -expm1((double)counts[c] * log(beta)) / (1 - beta);
+        weights[c] = 1 / effective;
         sum += weights[c];
-        present += counts[c] > 0;
+        present++;
     }
     BL_CHECK_RC(present > 0, "effective-number weights: every class is empty");
     for (int64_t c = 0; c < classes; c++) weights[c] *= (double)present / sum;

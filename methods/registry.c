@@ -35,5 +35,6 @@ const bl_method *bl_method_find(const char *name) {
     size_t len = 0;
     for (size_t i = 0; i < N_METHODS && len < sizeof known; i++)
         len += (size_t)snprintf(known + len, sizeof known - len, "%s%s", i ? ", " : "", methods[i]->name);
-    BL_CHECK(false, "unknown method '%s' (known: %s)", name, known);
+    bl_set_error("unknown method '%s' (known: %s)", name, known);
+    return NULL;
 }

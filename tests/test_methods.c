@@ -279,16 +279,19 @@ static void test_resnet32_bbn(void) {
  * declared type, an existing method and model. (Loading their data is for real runs.) */
 static void test_configs_validate(void) {
     const char *folders[] = {"configs/cifar10_lt", "configs/cifar100_lt", "configs/fashion_mnist_lt"};
+    const char *source = getenv("BALLAST_SOURCE_DIR") ? getenv("BALLAST_SOURCE_DIR") : ".";
     int checked = 0;
     for (int f = 0; f < 3; f++) {
-        DIR *dir = opendir(folders[f]);
-        CHECK(dir != NULL, "%s", folders[f]);
+        char folder[512];
+        snprintf(folder, sizeof folder, "%s/%s", source, folders[f]);
+        DIR *dir = opendir(folder);
+        CHECK(dir != NULL, "%s", folder);
         if (!dir) continue;
         for (struct dirent *e; (e = readdir(dir));) {
             size_t len = strlen(e->d_name);
             if (len < 6 || strcmp(e->d_name + len - 5, ".yaml") != 0) continue;
-            char path[512];
-            snprintf(path, sizeof path, "%s/%s", folders[f], e->d_name);
+            char path[1024];
+            snprintf(path, sizeof path, "%s/%s", folder, e->d_name);
             bl_config *c = bl_config_load(path);
             CHECK(c != NULL, "%s", path);
             if (!c) continue;
@@ -373,6 +376,23 @@ static int count_records(const char *dir, const char *needle) {
     return n;
 }
 
+/* The number after `key` in the first log record containing `needle`; NAN when absent. */
+static double record_number(const char *dir, const char *needle, const char *key) {
+    char path[600], line[1 << 14];
+    snprintf(path, sizeof path, "%s/log.jsonl", dir);
+    FILE *f = fopen(path, "r");
+    double value = NAN;
+    while (f && fgets(line, sizeof line, f)) {
+        const char *p = strstr(line, needle) ? strstr(line, key) : NULL;
+        if (p) {
+            value = atof(p + strlen(key));
+            break;
+        }
+    }
+    if (f) fclose(f);
+    return value;
+}
+
 static double test_top1(const bl_run *run) {
     char path[600], text[1 << 16];
     snprintf(path, sizeof path, "%s/results.json", run->dir);
@@ -404,7 +424,23 @@ static void test_smoke_every_method(void) {
         CHECK(n >= 6 && losses[5] < 0.8 * losses[0], "%s: loss %g -> %g", *name, losses[0], losses[5]);
         double top1 = test_top1(run);
         CHECK(top1 > 0.4, "%s: test top-1 %g", *name, top1);
+        /* The final checkpoint holds everything the method's evaluation needs (buffers, extra
+         * parameters): the run reopened from its directory predicts exactly as the trained one. */
+        bl_metrics trained, reopened_metrics;
+        CHECK(bl_run_evaluate(run, &run->test, &trained) == BL_OK, "%s", *name);
+        char dir[512];
+        snprintf(dir, sizeof dir, "%s", run->dir);
         bl_run_free(run);
+        bl_run *reopened = bl_run_open(dir);
+        CHECK(reopened && bl_run_evaluate(reopened, &reopened->test, &reopened_metrics) == BL_OK, "%s", *name);
+        if (reopened) {
+            bool same = true;
+            for (int64_t k = 0; k < 16; k++) same &= trained.confusion[k] == reopened_metrics.confusion[k];
+            CHECK(same, "%s: the reopened run predicts differently", *name);
+            bl_metrics_free(&reopened_metrics);
+        }
+        bl_run_free(reopened);
+        bl_metrics_free(&trained);
         bl_clear_error();
     }
     CHECK(count == 11, "%d methods registered", count);
@@ -435,6 +471,78 @@ static void test_option_errors(void) {
         CHECK(strstr(bl_last_error(), cases[i].expect) != NULL, "%s: %s", cases[i].method, bl_last_error());
         bl_run_free(run);
         bl_clear_error();
+    }
+}
+
+/* The recipes' training losses against their definitions, on one batch of a built run. */
+static void test_recipe_losses(void) {
+    const char *recipes[4] = {"logit_adjust_loss", "cb_reweight", "ldam_drw", "focal"};
+    for (int r = 0; r < 4; r++) {
+        char tag[64];
+        snprintf(tag, sizeof tag, "loss_%s", recipes[r]);
+        bl_run *run = smoke_run(recipes[r], r == 1 ? "beta: 0.99" : "", 6, tag);
+        CHECK(run != NULL, "%s", recipes[r]);
+        if (!run) continue;
+        bl_model *m = run->model;
+        const int64_t n = 8, classes = 4, *counts = run->class_counts;
+        bl_tensor *x = bl_images_to_float(bl_slice(run->test.images, 0, 0, n, 1), run->augment.mean, run->augment.std);
+        bl_tensor *y = bl_slice(run->test.labels, 0, 0, n, 1);
+        double total = 0;
+        for (int64_t c = 0; c < classes; c++) total += (double)counts[c];
+        if (r == 0) {
+            /* cross-entropy of logits + log(n_c / N) */
+            bl_tensor *logits = bl_model_forward(m, x);
+            double want = 0;
+            for (int64_t i = 0; i < n; i++) {
+                double z[4], mx = -INFINITY, lse = 0;
+                for (int64_t c = 0; c < classes; c++) {
+                    z[c] = bl_get_flat(logits, i * classes + c) + log((double)counts[c] / total);
+                    mx = fmax(mx, z[c]);
+                }
+                for (int64_t c = 0; c < classes; c++) lse += exp(z[c] - mx);
+                want += mx + log(lse) - z[(int64_t)bl_get_flat(y, i)];
+            }
+            CHECK_CLOSE(bl_item(run->method->loss(run, run->method_state, x, y)), want / n, 1e-5);
+        } else if (r == 1 || r == 3) {
+            /* mean over the batch of w_y * CE (w = 1 for focal with its gamma 1 factor) */
+            double w[4];
+            CHECK(bl_lt_effective_number_weights(counts, classes, 0.99, w) == BL_OK);
+            bl_tensor *logp = bl_log_softmax(bl_model_forward(m, x), 1);
+            double want = 0;
+            for (int64_t i = 0; i < n; i++) {
+                int64_t t = (int64_t)bl_get_flat(y, i);
+                double lp = bl_get_flat(logp, i * classes + t);
+                want += r == 1 ? -w[t] * lp : -(1 - exp(lp)) * lp;
+            }
+            CHECK_CLOSE(bl_item(run->method->loss(run, run->method_state, x, y)), want / n, 1e-5);
+        } else {
+            /* LDAM: unweighted before the deferred epoch (round(0.8 * 6) = 5), weighted from it on */
+            double margins[4], w[4];
+            CHECK(bl_lt_ldam_margins(counts, classes, 0.5, margins) == BL_OK);
+            CHECK(bl_lt_effective_number_weights(counts, classes, 0.9999, w) == BL_OK);
+            bl_tensor *cosines = bl_lt_cosine_logits(bl_model_features(m, x), m->classifier.weight);
+            double plain = 0, weighted = 0, weight_sum = 0;
+            for (int64_t i = 0; i < n; i++) {
+                int64_t t = (int64_t)bl_get_flat(y, i);
+                double z[4], mx = -INFINITY, lse = 0;
+                for (int64_t c = 0; c < classes; c++) {
+                    z[c] = 30 * (bl_get_flat(cosines, i * classes + c) - (c == t ? margins[c] : 0));
+                    mx = fmax(mx, z[c]);
+                }
+                for (int64_t c = 0; c < classes; c++) lse += exp(z[c] - mx);
+                double ce = mx + log(lse) - z[t];
+                plain += ce;
+                weighted += w[t] * ce;
+                weight_sum += w[t];
+            }
+            for (int epoch = 0; epoch < 6; epoch++) {
+                CHECK(run->method->epoch_begin(run, run->method_state, epoch) == BL_OK);
+                double got = bl_item(run->method->loss(run, run->method_state, x, y));
+                if (epoch < 5) CHECK_CLOSE(got, plain / n, 1e-5);
+                else CHECK_CLOSE(got, weighted / weight_sum, 1e-5);
+            }
+        }
+        bl_run_free(run);
     }
 }
 
@@ -503,6 +611,18 @@ static void test_deconfound_tde_run(void) {
         want = bl_lt_tde_logits(bl_model_features(m, x), m->classifier.weight, d, 2, 16.0, 1.0 / 32, bl_item(alpha));
     }
     CHECK(got && want && test_max_rel_diff(got, want) < 1e-6);
+
+    /* The logged De-confound (alpha = 0) test accuracy, recomputed from the causal-norm logits. */
+    CHECK(count_records(run->dir, "\"deconfound_alpha0\"") == 1);
+    double logged = record_number(run->dir, "\"deconfound_alpha0\"", "\"top1\":");
+    bl_tensor *all = bl_images_to_float(run->test.images, run->augment.mean, run->augment.std);
+    int64_t hits = 0, n_test = run->test.images->shape[0];
+    BL_NO_GRAD {
+        bl_tensor *plain = bl_lt_causal_norm_logits(bl_model_features(m, all), m->classifier.weight, 2, 16.0, 1.0 / 32);
+        bl_tensor *pred = bl_argmax(plain, 1, false);
+        for (int64_t i = 0; pred && i < n_test; i++) hits += bl_get_flat(pred, i) == bl_get_flat(run->test.labels, i);
+    }
+    CHECK_CLOSE(logged, (double)hits / (double)n_test, 1e-6);
 
     bl_metrics trained;
     CHECK(bl_run_evaluate(run, &run->test, &trained) == BL_OK);
@@ -587,5 +707,5 @@ static void test_posthoc_logits(void) {
 TEST_MAIN(TEST(test_setup), TEST(test_effective_number_weights), TEST(test_ldam_margins_and_prior), TEST(test_focal_loss_by_hand),
           TEST(test_ldam_loss_by_hand), TEST(test_causal_norm_and_tde_by_hand), TEST(test_cosine_and_tau_norm_by_hand),
           TEST(test_head_direction_update), TEST(test_gradients), TEST(test_resnet32_bbn),
-          TEST(test_configs_validate), TEST(test_smoke_every_method), TEST(test_option_errors), TEST(test_decoupled_stages_freeze), TEST(test_deconfound_tde_run),
+          TEST(test_configs_validate), TEST(test_smoke_every_method), TEST(test_option_errors), TEST(test_recipe_losses), TEST(test_decoupled_stages_freeze), TEST(test_deconfound_tde_run),
           TEST(test_posthoc_logits), TEST(test_cleanup))

@@ -71,7 +71,7 @@ static void test_hand_computed_case(void) {
     CHECK(bl_metrics_init(&m, 6) == BL_OK);
     CHECK(bl_metrics_add(&m, hand_logits(BL_F64, 0, 10), hand_label_tensor(0, 10)) == BL_OK);
     bl_metrics_summary s;
-    CHECK(bl_metrics_summary(&m, hand_train_counts, &s) == BL_OK);
+    CHECK(bl_metrics_summarize(&m, hand_train_counts, &s) == BL_OK);
     check_hand_summary(&s);
     bl_metrics_free(&m);
 }
@@ -91,7 +91,7 @@ static void test_batches_and_strides_agree(void) {
     for (int i = 0; i < 7; i++) labels32[i] = (int32_t)hand_labels[3 + i];
     CHECK(bl_metrics_add(&m, view, bl_from_data(BL_I32, BL_SHAPE(7), labels32)) == BL_OK);
     bl_metrics_summary s;
-    CHECK(bl_metrics_summary(&m, hand_train_counts, &s) == BL_OK);
+    CHECK(bl_metrics_summarize(&m, hand_train_counts, &s) == BL_OK);
     check_hand_summary(&s);
     bl_metrics_free(&m);
 }
@@ -110,7 +110,7 @@ static void test_ece_constructed(void) {
     }
     CHECK(bl_metrics_add(&m, logits, bl_from_data(BL_I64, BL_SHAPE(10), labels)) == BL_OK);
     bl_metrics_summary s;
-    CHECK(bl_metrics_summary(&m, NULL, &s) == BL_OK);
+    CHECK(bl_metrics_summarize(&m, NULL, &s) == BL_OK);
     CHECK(fabs(s.ece) < 1e-12, "ece %g", s.ece);
     CHECK(isnan(s.many) && isnan(s.medium) && isnan(s.few) && !s.train_counts);
 
@@ -123,7 +123,7 @@ static void test_ece_constructed(void) {
         labels[i] = i % 2;
     }
     CHECK(bl_metrics_add(&m, sure, bl_from_data(BL_I64, BL_SHAPE(10), labels)) == BL_OK);
-    CHECK(bl_metrics_summary(&m, NULL, &s) == BL_OK);
+    CHECK(bl_metrics_summarize(&m, NULL, &s) == BL_OK);
     CHECK(m.bin_count[BL_METRICS_ECE_BINS - 1] == 10 && m.bin_count[10] == 10);
     CHECK_CLOSE(s.ece, 0.5 * 0.0 + 0.5 * 0.5, 1e-9);
     CHECK_CLOSE(s.top1, 12.0 / 20, 1e-12);
@@ -143,7 +143,7 @@ static void test_random_consistency(void) {
     CHECK(bl_metrics_init(&m, k) == BL_OK);
     CHECK(bl_metrics_add(&m, logits, bl_from_data(BL_I64, BL_SHAPE(n), labels)) == BL_OK);
     bl_metrics_summary s;
-    CHECK(bl_metrics_summary(&m, counts, &s) == BL_OK);
+    CHECK(bl_metrics_summarize(&m, counts, &s) == BL_OK);
     int64_t top1 = 0, top5 = 0, diagonal = 0, cells = 0;
     for (int64_t i = 0; i < n; i++) {
         const float *row = (const float *)logits->data + i * k;
@@ -181,7 +181,7 @@ static void test_json_record(void) {
     /* every class has over 100 training images: medium and few are empty groups */
     const int64_t all_many[6] = {200, 300, 400, 500, 600, 700};
     bl_metrics_summary s;
-    CHECK(bl_metrics_summary(&m, all_many, &s) == BL_OK);
+    CHECK(bl_metrics_summarize(&m, all_many, &s) == BL_OK);
     char *json = bl_metrics_json(&s, "\"eval\":\"test\",\"epoch\":7");
     CHECK(json != NULL);
     bl__json_pool pool = {0};
@@ -214,7 +214,7 @@ static void test_json_record(void) {
     /* a class without test images is null in per_class_acc */
     bl_metrics empty;
     CHECK(bl_metrics_init(&empty, 3) == BL_OK);
-    CHECK(bl_metrics_summary(&empty, NULL, &s) == BL_OK);
+    CHECK(bl_metrics_summarize(&empty, NULL, &s) == BL_OK);
     json = bl_metrics_json(&s, NULL);
     CHECK(json && strstr(json, "\"per_class_acc\":[null,null,null]") && !strstr(json, "class_counts") &&
               strstr(json, "\"top1\":null"),

@@ -2,11 +2,15 @@
  * padded leading dims, alpha/beta, K and N beyond one cache block, calls from inside a parallel
  * region, batches with offsets and shared matrices); bl_matmul and bl_linear against a direct
  * triple loop over broadcast batches, 1-D operands, transposed, sliced and expanded operands, in
- * F32 and F64; first- and second-order gradient checks in F64; error reporting. */
+ * F32 and F64; first- and second-order gradient checks in F64; error reporting. The fused linear
+ * backward against the backward built from ops. The fused MLP (linear, GELU, linear) against the
+ * composition of the three ops: values, gradients of both orders for every subset of inputs that
+ * requires grad, row chunks, strided inputs, and the memory it keeps. */
 #include "test.h"
 
 #include "backend/cpu/gemm.h"
 #include "backend/ref/ref_gemm.h"
+#include "ops/dense.h"
 
 #include <omp.h>
 
@@ -410,7 +414,152 @@ static void test_linear_backward_closed_form(void) {
     CHECK_CLOSE(bl_get_flat(b->grad, 1), 3.0, 1e-12);
 }
 
+/* The first-order linear backward (kernels) against the one built from ops (create_graph), with a
+ * strided input and a strided gradient. */
+static void test_linear_fused_backward_matches_ops(void) {
+    bl_dtype dts[2] = {BL_F32, BL_F64};
+    for (int d = 0; d < 2; d++) {
+        bl_tensor *x = bl_transpose(test_randn(dts[d], BL_SHAPE(2, 7, 5), 501), 1, 2); /* (2, 5, 7) */
+        bl_tensor *w = test_randn(dts[d], BL_SHAPE(6, 7), 502), *b = test_randn(dts[d], BL_SHAPE(6), 503);
+        x->requires_grad = w->requires_grad = b->requires_grad = true;
+        bl_tensor *y = bl_linear(x, w, b);
+        bl_tensor *g = bl_transpose(test_randn(dts[d], BL_SHAPE(2, 6, 5), 504), 1, 2), *ins[3] = {x, w, b}, *fused[3], *ops[3];
+        CHECK(bl_autograd_grad(1, &y, &g, 3, ins, fused, false) == BL_OK && bl_autograd_grad(1, &y, &g, 3, ins, ops, true) == BL_OK);
+        for (int i = 0; i < 3; i++)
+            CHECK(test_max_rel_diff(fused[i], ops[i]) < (d ? 1e-12 : 1e-5), "%s input %d: %g", bl_dtype_name(dts[d]), i,
+                  test_max_rel_diff(fused[i], ops[i]));
+    }
+}
+
+/* ---- the fused MLP ---------------------------------------------------------------------------- */
+
+typedef struct {
+    int64_t rows_a, rows_b, in, hidden, out; /* x is (rows_a, rows_b, in) */
+    bool bias1, bias2, strided_x;
+} mlp_case;
+
+/* hidden = 4096 puts 128 rows in a chunk, so 2 x 150 rows run in three chunks. */
+static const mlp_case mlp_cases[] = {
+    {2, 3, 5, 7, 4, true, true, false},
+    {1, 6, 4, 9, 3, false, true, true},
+    {3, 2, 6, 5, 6, true, false, false},
+    {2, 150, 5, 4096, 3, true, true, true},
+};
+
+typedef struct {
+    bl_tensor *x, *w1, *b1, *w2, *b2;
+} mlp_inputs;
+
+static mlp_inputs make_mlp_inputs(const mlp_case *c, bl_dtype dt, uint64_t seed) {
+    mlp_inputs m;
+    m.x = c->strided_x ? bl_transpose(test_randn(dt, BL_SHAPE(c->rows_b, c->rows_a, c->in), seed), 0, 1)
+                       : test_randn(dt, BL_SHAPE(c->rows_a, c->rows_b, c->in), seed);
+    /* weights scaled like a trained layer's, so that GELU sees both signs and its tails */
+    m.w1 = bl_mul_scalar(test_randn(dt, BL_SHAPE(c->hidden, c->in), seed + 1), 0.8);
+    m.b1 = c->bias1 ? test_randn(dt, BL_SHAPE(c->hidden), seed + 2) : NULL;
+    m.w2 = bl_mul_scalar(test_randn(dt, BL_SHAPE(c->out, c->hidden), seed + 3), 0.3);
+    m.b2 = c->bias2 ? test_randn(dt, BL_SHAPE(c->out), seed + 4) : NULL;
+    return m;
+}
+
+static bl_tensor *mlp_by_ops(const mlp_inputs *m) { return bl_linear(bl_gelu(bl_linear(m->x, m->w1, m->b1)), m->w2, m->b2); }
+static bl_tensor *mlp_fused(const mlp_inputs *m) { return bl__mlp_gelu(m->x, m->w1, m->b1, m->w2, m->b2); }
+
+static void test_mlp_values_and_gradients(void) {
+    bl_dtype dts[2] = {BL_F32, BL_F64};
+    for (int d = 0; d < 2; d++)
+        for (size_t c = 0; c < sizeof mlp_cases / sizeof mlp_cases[0]; c++) {
+            bl_dtype dt = dts[d];
+            double tol = dt == BL_F32 ? 2e-5 : 1e-12;
+            mlp_inputs m = make_mlp_inputs(&mlp_cases[c], dt, 600 + 10 * c);
+            bl_tensor *want = mlp_by_ops(&m), *got = NULL;
+            BL_NO_GRAD { got = mlp_fused(&m); } /* inference: nothing kept */
+            CHECK(got && bl_same_shape(got, want) && test_max_rel_diff(got, want) < tol, "%s case %zu inference: %g",
+                  bl_dtype_name(dt), c, test_max_rel_diff(got, want));
+            /* every one of the 31 non-empty subsets of inputs requiring grad (absent biases skipped) */
+            bl_tensor *all[5] = {m.x, m.w1, m.b1, m.w2, m.b2};
+            for (int subset = 1; subset < 32; subset++) {
+                bl_tensor *ins[5];
+                int n = 0;
+                bool valid = true;
+                for (int i = 0; i < 5; i++) {
+                    bool on = subset >> i & 1;
+                    if (on && !all[i]) valid = false;
+                    if (all[i]) all[i]->requires_grad = on;
+                    if (on && all[i]) ins[n++] = all[i];
+                }
+                if (!valid) continue;
+                bl_tensor *y_fused = mlp_fused(&m), *y_ops = mlp_by_ops(&m);
+                CHECK(test_max_rel_diff(y_fused, y_ops) < tol, "forward with grad");
+                bl_tensor *g = test_randn(dt, y_ops->ndim, y_ops->shape, 700 + subset), *fused[5], *second[5], *ops[5];
+                CHECK(bl_autograd_grad(1, &y_fused, &g, n, ins, fused, false) == BL_OK, "fused backward");
+                CHECK(bl_autograd_grad(1, &y_fused, &g, n, ins, second, true) == BL_OK, "backward from ops");
+                CHECK(bl_autograd_grad(1, &y_ops, &g, n, ins, ops, false) == BL_OK, "backward of the composition");
+                for (int i = 0; i < n; i++) {
+                    CHECK(test_max_rel_diff(fused[i], ops[i]) < tol, "%s case %zu subset %d input %d: fused differs by %g",
+                          bl_dtype_name(dt), c, subset, i, test_max_rel_diff(fused[i], ops[i]));
+                    CHECK(test_max_rel_diff(second[i], ops[i]) < tol,
+                          "%s case %zu subset %d input %d: create_graph differs by %g", bl_dtype_name(dt), c, subset, i,
+                          test_max_rel_diff(second[i], ops[i]));
+                }
+                /* dx = (g W2 * gelu'(h)) W1 depends on the weights: differentiable under create_graph */
+                if (subset == 31) CHECK(second[0]->requires_grad, "create_graph gradient is differentiable");
+                /* the bigger cases check only a few subsets: all inputs, x alone, fc2's weight alone */
+                if (mlp_cases[c].hidden > 100 && subset == 1) subset = 7;
+                if (mlp_cases[c].hidden > 100 && subset == 8) subset = 30;
+            }
+            for (int i = 0; i < 5; i++)
+                if (all[i]) all[i]->requires_grad = false;
+        }
+}
+
+static bl_tensor *mlp_fn(bl_tensor *const *in, void *user) { return bl__mlp_gelu(in[0], in[1], in[2], in[3], in[4]); }
+static bl_tensor *mlp_no_bias_fn(bl_tensor *const *in, void *user) { return bl__mlp_gelu(in[0], in[1], NULL, in[2], NULL); }
+
+static void test_mlp_gradcheck(void) {
+    bl_tensor *in[5] = {leaf(BL_SHAPE(2, 3), 801), leaf(BL_SHAPE(4, 3), 802), leaf(BL_SHAPE(4), 803),
+                        leaf(BL_SHAPE(2, 4), 804), leaf(BL_SHAPE(2), 805)};
+    CHECK(bl_gradcheck(mlp_fn, NULL, 5, in, 1e-6, 1e-6, true) == BL_OK, "mlp with biases");
+    bl_tensor *no_bias[3] = {in[0], in[1], in[3]};
+    CHECK(bl_gradcheck(mlp_no_bias_fn, NULL, 3, no_bias, 1e-6, 1e-6, true) == BL_OK, "mlp without biases");
+}
+
+/* What a training step keeps: the fused op holds the output and fc1's pre-activation (its chunk
+ * scratch goes back to the arena), the composition also the GELU output and more. */
+static void test_mlp_memory(void) {
+    mlp_case c = {4, 100, 32, 512, 32, true, true, false};
+    mlp_inputs m = make_mlp_inputs(&c, BL_F32, 900);
+    m.w1->requires_grad = true;
+    size_t before = bl_arena_used();
+    bl_tensor *y = mlp_fused(&m);
+    size_t kept = bl_arena_used() - before, activations = sizeof(float) * 400 * (512 + 32);
+    CHECK(y && kept >= activations && kept < activations + 4096, "fused MLP keeps %zu bytes for %zu of activations", kept,
+          activations);
+    before = bl_arena_used();
+    CHECK(mlp_by_ops(&m) && bl_arena_used() - before > activations + sizeof(float) * 400 * 512,
+          "the composition keeps more");
+}
+
+static void test_mlp_errors(void) {
+    bl_tensor *x = bl_zeros(BL_F32, BL_SHAPE(2, 3)), *w1 = bl_zeros(BL_F32, BL_SHAPE(4, 3)), *w2 = bl_zeros(BL_F32, BL_SHAPE(5, 4));
+    bl_clear_error();
+    CHECK(!bl__mlp_gelu(x, w1, NULL, bl_zeros(BL_F32, BL_SHAPE(5, 3)), NULL) && strstr(bl_last_error(), "[5, 3]"),
+          "fc2 does not take fc1's output: %s", bl_last_error());
+    bl_clear_error();
+    CHECK(!bl__mlp_gelu(bl_zeros(BL_F32, BL_SHAPE(2, 4)), w1, NULL, w2, NULL) && strstr(bl_last_error(), "[2, 4]"),
+          "input width: %s", bl_last_error());
+    bl_clear_error();
+    CHECK(!bl__mlp_gelu(x, w1, bl_zeros(BL_F32, BL_SHAPE(3)), w2, NULL) && strstr(bl_last_error(), "bias"),
+          "bias size: %s", bl_last_error());
+    bl_clear_error();
+    CHECK(!bl__mlp_gelu(x, w1, NULL, bl_zeros(BL_F64, BL_SHAPE(5, 4)), NULL) && strstr(bl_last_error(), "F64"),
+          "dtypes: %s", bl_last_error());
+    bl_clear_error();
+}
+
 TEST_MAIN(TEST(test_gemm_f32_vs_reference), TEST(test_gemm_f32_inside_parallel_region), TEST(test_gemm_f64_vs_reference),
           TEST(test_gemm_degenerate_sizes), TEST(test_gemm_batched_vs_reference), TEST(test_matmul_values),
           TEST(test_matmul_strided_operands), TEST(test_matmul_errors), TEST(test_linear_values),
-          TEST(test_matmul_gradcheck), TEST(test_linear_gradcheck), TEST(test_linear_backward_closed_form))
+          TEST(test_matmul_gradcheck), TEST(test_linear_gradcheck), TEST(test_linear_backward_closed_form),
+          TEST(test_linear_fused_backward_matches_ops), TEST(test_mlp_values_and_gradients), TEST(test_mlp_gradcheck),
+          TEST(test_mlp_memory), TEST(test_mlp_errors))

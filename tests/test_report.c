@@ -140,7 +140,7 @@ static char *eval_record(const char *split, int epoch) {
     char *json = NULL;
     if (bl_metrics_init(&m, 6) == BL_OK &&
         bl_metrics_add(&m, logits, bl_from_data(BL_I64, BL_SHAPE(10), labels)) == BL_OK &&
-        bl_metrics_summary(&m, train_counts, &s) == BL_OK)
+        bl_metrics_summarize(&m, train_counts, &s) == BL_OK)
         json = bl_metrics_json(&s, extra);
     bl_metrics_free(&m);
     CHECK(json != NULL);

@@ -73,8 +73,6 @@ int bl_metrics_add(bl_metrics *m, const bl_tensor *logits, const bl_tensor *labe
 /* Computes every metric from the counts so far. `train_counts` (K training images per class)
  * defines the many/medium/few groups; NULL leaves the groups NAN and n_* zero. */
 int bl_metrics_summarize(bl_metrics *m, const int64_t *train_counts, bl_metrics_summary *out);
-/* The call may also be spelled like its result type; a function-like macro keeps the type name free. */
-#define bl_metrics_summary(m, train_counts, out) bl_metrics_summarize(m, train_counts, out)
 /* Returns a malloc'ed JSON object:
  *   {<extra_members>, "count", "top1", "top5", "many", "medium", "few", "macro_precision",
  *    "macro_recall", "ece", "per_class_acc": [...], "class_counts": [...] (when training counts

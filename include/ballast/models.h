@@ -11,7 +11,9 @@
  *
  * Models: resnet20 resnet32 resnet44 resnet56 resnet110 (CIFAR, 3 stages of 16/32/64 channels,
  * option-A shortcuts), resnet18 resnet34 resnet50 (torchvision), resnet18_cifar (resnet18 with a
- * 3x3 stride-1 stem and no max-pool, for 32x32 images), convnet3, vit_tiny vit_small vit_base. */
+ * 3x3 stride-1 stem and no max-pool, for 32x32 images), resnet32_bbn (the BBN / De-confound-TDE
+ * CIFAR variant: 4 blocks in the last stage and two parallel branch blocks, a 128-d feature),
+ * convnet3, vit_tiny vit_small vit_base. */
 #ifndef BALLAST_MODELS_H
 #define BALLAST_MODELS_H
 

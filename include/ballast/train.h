@@ -94,6 +94,8 @@ bool bl_config_bool(const bl_config *c, const char *key);
 const char *bl_config_string(const bl_config *c, const char *key);
 /* A BL_OPT_LIST key: writes at most `max` values to `out`; returns the count, or -1 on error. */
 int bl_config_list(const bl_config *c, const char *key, double *out, int max);
+/* The value of a key as its text (a list as "[a, b]"), NULL when it has none; declared or not. */
+const char *bl_config_text(const bl_config *c, const char *key);
 /* The file the config came from (or the source_name given to bl_config_parse). */
 const char *bl_config_source(const bl_config *c);
 /* Writes the config (all keys with values, in declaration order) as nested YAML; atomic. */

@@ -1,4 +1,7 @@
-/* The tape and the reverse-mode engine. See include/ballast/autograd.h for the model. */
+/* The tape and the reverse-mode engine. See include/ballast/autograd.h for the model. A
+ * first-order pass lets the arena reuse each gradient's memory once the gradient is consumed (see
+ * arena.c), so a backward pass needs about as much memory as the few gradients pending at once
+ * rather than one per activation. */
 #include "ballast/ops.h"
 #include "internal.h"
 
@@ -72,19 +75,48 @@ void bl_zero_grad(bl_tensor *leaf) {
 
 /* ---- engine ---- */
 
+/* Recycling of gradient memory (arena.c): during a first-order pass the engine tells the arena
+ * which gradients are pending (held) and which are consumed (released), so that the large blocks
+ * of consumed ones are reused by the gradients computed after them. Gradients that outlive the
+ * pass (leaves' .grad, bl_autograd_grad's results) are pinned. */
+void bl__arena_recycling_begin(void);
+void bl__arena_recycling_end(void);
+bool bl__arena_recycling(void);
+void bl__arena_hold(const void *p);
+void bl__arena_release(const void *p);
+void bl__arena_release_unheld(const void *p);
+void bl__arena_pin(const void *p);
+
 typedef struct {
     int n_wanted;
     bl_tensor *const *wanted;
     bl_tensor **wanted_grads; /* NULL: accumulate into leaves' .grad instead */
 } targets;
 
+/* Adds g into the pending gradient *slot (a node's grad_out): the slot holds its tensor's memory,
+ * and what the sum replaces is released. */
 static int sum_into(bl_tensor **slot, bl_tensor *g) {
     if (!*slot) {
         *slot = g;
+        bl__arena_hold(g->data);
         return BL_OK;
     }
-    *slot = bl_add(*slot, g);
-    return *slot ? BL_OK : BL_ERR;
+    bl_tensor *sum = bl_add(*slot, g);
+    if (!sum) return BL_ERR;
+    bl__arena_hold(sum->data);
+    bl__arena_release((*slot)->data);
+    bl__arena_release_unheld(g->data);
+    *slot = sum;
+    return BL_OK;
+}
+
+/* Adds g into a result the caller of bl_autograd_grad receives: never recycled. */
+static int sum_into_result(bl_tensor **slot, bl_tensor *g) {
+    bl_tensor *sum = *slot ? bl_add(*slot, g) : g;
+    if (!sum) return BL_ERR;
+    bl__arena_pin(sum->data);
+    *slot = sum;
+    return BL_OK;
 }
 
 static int accumulate_leaf_grad(bl_tensor *leaf, bl_tensor *g) {
@@ -92,8 +124,11 @@ static int accumulate_leaf_grad(bl_tensor *leaf, bl_tensor *g) {
         leaf->grad = leaf->persistent ? bl_tensor_new_persistent(leaf->dtype, leaf->ndim, leaf->shape)
                                       : bl_zeros(leaf->dtype, leaf->ndim, leaf->shape);
         BL_CHECK_RC(leaf->grad, "could not allocate the gradient of %s", leaf->name ? leaf->name : "a leaf");
+        bl__arena_pin(leaf->grad->data);
     }
-    return bl_axpy_(leaf->grad, 1.0, g);
+    BL_TRY(bl_axpy_(leaf->grad, 1.0, g));
+    bl__arena_release_unheld(g->data);
+    return BL_OK;
 }
 
 static int wanted_index(const targets *tg, const bl_tensor *t) {
@@ -109,8 +144,9 @@ static int deliver(const targets *tg, bl_tensor *t, bl_tensor *g) {
         /* A wanted non-leaf takes its gradient when its node is reached (all uses seen by then). */
         return sum_into(&t->grad_fn->grad_out, g);
     }
-    if (w >= 0 && tg->wanted_grads) return sum_into(&tg->wanted_grads[w], g);
+    if (w >= 0 && tg->wanted_grads) return sum_into_result(&tg->wanted_grads[w], g);
     if (t->requires_grad && !tg->wanted_grads) return accumulate_leaf_grad(t, g);
+    bl__arena_release_unheld(g->data);
     return BL_OK;
 }
 
@@ -118,7 +154,7 @@ static int run_backward(bl_node *node, const targets *tg) {
     bl_tensor *g = node->grad_out;
     node->grad_out = NULL;
     int w = wanted_index(tg, node->out);
-    if (w >= 0 && tg->wanted_grads) BL_TRY(sum_into(&tg->wanted_grads[w], g));
+    if (w >= 0 && tg->wanted_grads) BL_TRY(sum_into_result(&tg->wanted_grads[w], g));
     bl_tensor **gin = bl_arena_alloc((size_t)node->n_inputs * sizeof *gin);
     BL_CHECK_RC(gin, "out of memory in backward of %s", node->name);
     memset(gin, 0, (size_t)node->n_inputs * sizeof *gin);
@@ -128,17 +164,27 @@ static int run_backward(bl_node *node, const targets *tg) {
     }
     for (int i = 0; i < node->n_inputs; i++) {
         bl_tensor *in = node->inputs[i];
-        if (!gin[i] || !in || !in->requires_grad) continue;
+        if (!gin[i]) continue;
+        if (!in || !in->requires_grad) {
+            bl__arena_release_unheld(gin[i]->data);
+            continue;
+        }
         BL_CHECK_RC(bl_same_shape(gin[i], in), "backward of %s gave input %d a gradient of shape %s, expected %s",
                     node->name, i, bl__shape(gin[i]), bl__shape(in));
         BL_TRY(deliver(tg, in, gin[i]));
     }
+    /* Consumed: the gradients delivered above hold whatever part of it they still use. */
+    bl__arena_release(g->data);
     return BL_OK;
 }
 
 static int engine(int n_roots, bl_tensor *const *roots, bl_tensor *const *root_grads, bool create_graph,
                   const targets *tg) {
     bool prev = bl_set_grad_enabled(create_graph);
+    /* With create_graph the gradients are part of a graph that may be differentiated again, so
+     * nothing is recycled; nor inside another pass (a backward function that runs one). */
+    bool recycle = !create_graph && !bl__arena_recycling();
+    if (recycle) bl__arena_recycling_begin();
     int rc = BL_OK;
     size_t top = 0;
     for (int r = 0; r < n_roots && rc == BL_OK; r++) {
@@ -167,6 +213,7 @@ static int engine(int n_roots, bl_tensor *const *roots, bl_tensor *const *root_g
         if (tape.nodes[i]->grad_out) rc = run_backward(tape.nodes[i], tg);
     if (rc != BL_OK)
         for (size_t i = 0; i < top; i++) tape.nodes[i]->grad_out = NULL;
+    if (recycle) bl__arena_recycling_end();
     bl_set_grad_enabled(prev);
     return rc;
 }

@@ -1,9 +1,14 @@
 /* Binary elementwise ops with broadcasting: arithmetic, comparisons, where, the scalar variants
  * (a binary op with a 0-d constant) and the in-place updates used by autograd and optimizers.
- * Gradients are reduced back to each input's shape with bl_sum_to. */
+ * Gradients are reduced back to each input's shape with bl_sum_to. F32 arithmetic between
+ * operands of one shape, or with a scalar, runs one flat loop over memory and keeps the first
+ * operand's order (contiguous or channels last), so gradients summed in a channels-last network
+ * stay channels last. */
 #include "ballast/ops.h"
+#include "ballast/profile.h"
 
 #include "backend/cpu/elementwise.h"
+#include "backend/cpu/layout.h"
 #include "backend/ref/ref_elementwise.h"
 #include "core/internal.h"
 
@@ -14,6 +19,16 @@ static const char *const binary_names[BL_BIN_COUNT] = {"add", "sub", "mul", "div
 
 static int binary_backward(bl_node *node, bl_tensor *g, bl_tensor **gin);
 
+/* Contiguous, or channels last (see backend/cpu/layout.h): memory without gaps in a known order. */
+static bool dense(const bl_tensor *t) { return bl_is_contiguous(t) || cpu_is_channels_last(t); }
+
+/* A new tensor shaped and ordered like the dense tensor `like`. */
+static bl_tensor *empty_in_order_of(const bl_tensor *like) {
+    if (!bl_is_contiguous(like))
+        return cpu_empty_channels_last(like->dtype, like->shape[0], like->shape[1], like->shape[2], like->shape[3]);
+    return bl_empty(like->dtype, like->ndim, like->shape);
+}
+
 static bl_tensor *binary(bl_binary_op op, bl_tensor *a, bl_tensor *b) {
     BL_NONNULL(a, b);
     const char *name = binary_names[op];
@@ -22,20 +37,27 @@ static bl_tensor *binary(bl_binary_op op, bl_tensor *a, bl_tensor *b) {
     int ndim;
     int64_t shape[BL_MAX_DIMS];
     if (bl__broadcast_shape(name, a, b, &ndim, shape) != BL_OK) return NULL;
-    bl_tensor *out = bl_empty(bl_binary_is_compare(op) ? BL_BOOL : a->dtype, ndim, shape);
+    const bool arithmetic = !bl_binary_is_compare(op);
+    const int64_t n = bl_numel(a);
+    /* F32 arithmetic on a's memory order when a is dense (contiguous or channels last) and b is a
+     * scalar or has a's shape: one flat loop, b first brought to a's order when it is not in it. */
+    bool flat = a->dtype == BL_F32 && arithmetic && dense(a) && bl_same_shape(a, b);
+    bool scalar_b = a->dtype == BL_F32 && arithmetic && dense(a) && bl_numel(b) == 1 && b->ndim <= a->ndim;
+    bl_tensor *bk = flat ? cpu_values_in_order_of(b, a) : b;
+    if (!bk) return NULL;
+    bl_tensor *out = flat || scalar_b ? empty_in_order_of(a)
+                                      : bl_empty(arithmetic ? a->dtype : BL_BOOL, ndim, shape);
     if (!out) return NULL;
-    int64_t n = bl_numel(out);
-    bool fast = a->dtype == BL_F32 && !bl_binary_is_compare(op) && bl_is_contiguous(a) && bl_numel(a) == n;
-    if (fast && bl_is_contiguous(b) && bl_numel(b) == n) {
-        cpu_binary_f32(op, n, out->data, a->data, b->data, 0);
-    } else if (fast && bl_numel(b) == 1) {
-        cpu_binary_f32(op, n, out->data, a->data, b->data, 1);
+    double t0 = bl_profile_start();
+    if (flat || scalar_b) {
+        cpu_binary_f32(op, n, out->data, a->data, bk->data, scalar_b);
     } else {
         int64_t sa[BL_MAX_DIMS], sb[BL_MAX_DIMS];
         bl__broadcast_strides(a, ndim, shape, sa);
         bl__broadcast_strides(b, ndim, shape, sb);
         ref_binary(op, a->dtype, ndim, shape, out->data, a->data, sa, b->data, sb);
     }
+    bl_profile_stop(name, t0, arithmetic ? (double)bl_numel(out) : 0.0);
     if (!bl_binary_is_compare(op)) {
         bl_tensor *in[2] = {a, b};
         bl_node *node = bl_autograd_record(out, name, binary_backward, 2, in, sizeof(bl_binary_op));

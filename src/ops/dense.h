@@ -1,7 +1,7 @@
 /* Internal helpers shared by the dense ops (matmul.c, attention.c, softmax.c): how a tensor's
  * trailing matrix is handed to the GEMM kernels, batch-dim broadcasting, and the row softmax
- * kernels that attention reuses; and the packed multi-head attention that the transformer modules
- * call. Not part of the public API. */
+ * kernels that attention reuses; and the fused MLP and packed multi-head attention that the
+ * transformer modules call. Not part of the public API. */
 #ifndef BALLAST_OPS_DENSE_H
 #define BALLAST_OPS_DENSE_H
 
@@ -40,6 +40,13 @@ void cpu_softmax_rows_f32(int64_t rows, int64_t D, const float *x, float *y);
 void ref_softmax_rows_f64(int64_t rows, int64_t D, const double *x, double *y);
 void cpu_softmax_bwd_rows_f32(int64_t rows, int64_t D, const float *y, const float *g, float *dx);
 void ref_softmax_bwd_rows_f64(int64_t rows, int64_t D, const double *y, const double *g, double *dx);
+
+/* ---- the transformer MLP (defined in matmul.c) ----
+ * y = gelu(x W1^T + b1) W2^T + b2 (exact-erf GELU), timm's Mlp without dropout: x (.., in),
+ * w1 (hidden, in), b1 (hidden) or NULL, w2 (out, hidden), b2 (out) or NULL; y (.., out). Equal, in
+ * values and in gradients of every order, to bl_linear(bl_gelu(bl_linear(x, w1, b1)), w2, b2); it
+ * keeps only the (rows, hidden) pre-activation for the backward instead of every intermediate. */
+bl_tensor *bl__mlp_gelu(bl_tensor *x, bl_tensor *w1, bl_tensor *b1, bl_tensor *w2, bl_tensor *b2);
 
 /* ---- packed multi-head attention (defined in attention.c) ----
  * Self-attention straight from a fused qkv projection, as timm's Attention computes it:

@@ -1,5 +1,6 @@
 /* Matrix products as ops: bl_matmul (torch.matmul semantics: batch dims broadcast, 1-D operands
- * promoted and their dim removed again) and bl_linear (x W^T + b).
+ * promoted and their dim removed again), bl_linear (x W^T + b), and the transformer MLP
+ * linear -> GELU -> linear as one op (bl__mlp_gelu, see dense.h).
  *
  * Forward hands each operand to the GEMM kernels (backend/cpu/gemm.h) with its own strides, so a
  * transposed view costs no copy, and a batch that shares one right-hand matrix is folded into a
@@ -8,16 +9,30 @@
  * directly: the same three products, without the reshape/transpose nodes and with the bias
  * gradient summed in the same pass over g that the weight gradient needs anyway.
  *
- * Each GEMM call is reported to the profiler ("matmul", "linear.fwd", "linear.bwd") with its
- * multiply-adds counted as 2 FLOPs. */
+ * The MLP op exists for memory: a training step keeps every activation an op saves until the step
+ * ends, and the three-op MLP would keep fc1's output, the GELU's output, and in backward the
+ * gradients of both, eight hidden-sized (4x the model width) tensors per block. Fused, it keeps
+ * fc1's output only and recomputes the GELU from it. Forward and backward run in row chunks, each
+ * chunk on one thread from its first product to its last (so its activations stay in that core's
+ * cache, and the only barrier is at the end), and their scratch is returned to the arena before
+ * the op returns.
+ *
+ * Each GEMM call is reported to the profiler ("matmul", "linear.fwd", "linear.bwd", "mlp.fwd",
+ * "mlp.bwd") with its multiply-adds counted as 2 FLOPs. */
 #include "backend/cpu/gemm.h"
+#include "backend/cpu/unary.h"
 #include "ballast/ops.h"
 #include "ballast/profile.h"
 #include "core/internal.h"
 #include "ops/dense.h"
 
 #include <limits.h>
+#include <stddef.h>
 #include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 /* ---- operand helpers shared with attention.c (declared in dense.h) ---------------------------- */
 
@@ -232,22 +247,64 @@ static int linear_backward_with_ops(bl_node *node, bl_tensor *g, bl_tensor **gin
     return BL_OK;
 }
 
-/* db (N) (=) the column sums of g (rows, N) with row stride ldg, accumulated in double per
- * column so that the sum over thousands of rows keeps float precision. Columns are split over
- * the threads in blocks of 16, one cache line of floats per row. */
-#define DEFINE_COLUMN_SUMS(T)                                                                          \
-    static void column_sums_##T(int64_t rows, int64_t N, const T *g, int64_t ldg, T *db) {             \
-        _Pragma("omp parallel for schedule(static) if (rows * N > 65536)")                             \
-        for (int64_t j0 = 0; j0 < N; j0 += 16) {                                                       \
-            int64_t width = N - j0 < 16 ? N - j0 : 16;                                                 \
-            double acc[16] = {0};                                                                      \
-            for (int64_t r = 0; r < rows; r++)                                                         \
-                for (int64_t j = 0; j < width; j++) acc[j] += g[r * ldg + j0 + j];                     \
-            for (int64_t j = 0; j < width; j++) db[j0 + j] = (T)acc[j];                                \
-        }                                                                                              \
+/* ---- dtype-generic helpers for the fused backward passes ----------------------------------------- */
+
+/* C = op(A) op(B) + beta C on F32 or F64 data (see gemm.h). */
+static void gemm_any(bl_dtype dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const void *A, int64_t lda,
+                     const void *B, int64_t ldb, double beta, void *C, int64_t ldc) {
+    if (dt == BL_F32)
+        bl_gemm_f32(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, (float)beta, C, ldc);
+    else
+        bl_gemm_f64(ta, tb, M, N, K, 1.0, A, lda, B, ldb, beta, C, ldc);
+}
+
+/* acc (N) += the column sums of g (rows, N) with row stride ldg, summed in double so that sums
+ * over thousands of rows keep float precision. Columns go in blocks of 16, one cache line of
+ * floats per row; the blocks are split over the threads when `parallel`. */
+static void add_column_sums(bl_dtype dt, int64_t rows, int64_t N, const void *g, int64_t ldg, double *acc,
+                            bool parallel) {
+#pragma omp parallel for schedule(static) if (parallel && rows * N > 65536)
+    for (int64_t j0 = 0; j0 < N; j0 += 16) {
+        int64_t width = N - j0 < 16 ? N - j0 : 16;
+        double part[16] = {0};
+        for (int64_t r = 0; r < rows; r++) {
+            if (dt == BL_F32)
+                for (int64_t j = 0; j < width; j++) part[j] += ((const float *)g)[r * ldg + j0 + j];
+            else
+                for (int64_t j = 0; j < width; j++) part[j] += ((const double *)g)[r * ldg + j0 + j];
+        }
+        for (int64_t j = 0; j < width; j++) acc[j0 + j] += part[j];
     }
-DEFINE_COLUMN_SUMS(float)
-DEFINE_COLUMN_SUMS(double)
+}
+
+/* A zeroed double accumulator of n entries in the arena. */
+static double *zeroed_sums(int64_t n) {
+    double *acc = bl_arena_alloc((size_t)(n > 0 ? n : 1) * sizeof *acc);
+    if (acc) memset(acc, 0, (size_t)n * sizeof *acc);
+    return acc;
+}
+
+/* t (1-D, contiguous, made here) (=) acc, rounded to t's dtype. */
+static void store_sums(const double *acc, bl_tensor *t) {
+    for (int64_t j = 0; j < t->shape[0]; j++) {
+        if (t->dtype == BL_F32) ((float *)t->data)[j] = (float)acc[j];
+        else ((double *)t->data)[j] = acc[j];
+    }
+}
+
+/* t's rows as one (rows, cols) matrix with row stride *ld: t itself when its rows are evenly spaced,
+ * else a contiguous copy outside the graph. */
+static bl_tensor *as_row_matrix(bl_tensor *t, int64_t *ld) {
+    if (rows_collapse(t, ld)) return t;
+    int64_t cols = t->shape[t->ndim - 1];
+    *ld = cols > 1 ? cols : 1;
+    bl_tensor *copy = NULL;
+    BL_NO_GRAD { copy = bl_contiguous(bl_detach(t)); }
+    return copy;
+}
+
+/* A 1-D tensor's values, contiguous (a bias). */
+static bl_tensor *contiguous_vector(bl_tensor *t) { return t ? as_row_matrix(t, &(int64_t){0}) : NULL; }
 
 /* The same gradients from the GEMM kernels, for a backward that is not itself recorded. x and g
  * are read as (rows, in) and (rows, out) matrices in place when their rows are evenly spaced. */
@@ -256,42 +313,28 @@ static int linear_backward_fused(bl_node *node, bl_tensor *g, bl_tensor **gin) {
     bl_tensor *bias = node->n_inputs > 2 ? node->inputs[2] : NULL;
     int64_t out_features = weight->shape[0], in_features = weight->shape[1];
     int64_t rows = batch_count(x->ndim - 1, x->shape), g_ld, x_ld = in_features;
-    bl_tensor *rg = g, *rx = x, *rw = bl__gemm_readable(weight);
-    if (!rows_collapse(g, &g_ld)) {
-        rg = bl_contiguous(g);
-        g_ld = out_features;
-    }
-    if (weight->requires_grad && !rows_collapse(x, &x_ld)) {
-        rx = bl_contiguous(bl_detach(x));
-        x_ld = in_features;
-    }
+    bl_tensor *rg = as_row_matrix(g, &g_ld), *rx = weight->requires_grad ? as_row_matrix(x, &x_ld) : x;
+    bl_tensor *rw = bl__gemm_readable(weight);
     bl_tensor *dx = x->requires_grad ? bl_empty(x->dtype, x->ndim, x->shape) : NULL;
     bl_tensor *dw = weight->requires_grad ? bl_empty(weight->dtype, 2, weight->shape) : NULL;
     bl_tensor *db = bias && bias->requires_grad ? bl_empty(bias->dtype, 1, bias->shape) : NULL;
-    if (!rg || !rx || !rw || (x->requires_grad && !dx) || (weight->requires_grad && !dw) ||
-        (bias && bias->requires_grad && !db))
+    double *db_acc = db ? zeroed_sums(out_features) : NULL;
+    if (!rg || !rx || !rw || (x->requires_grad && !dx) || (weight->requires_grad && !dw) || (db && !db_acc))
         return BL_ERR;
     bool w_trans;
     int64_t w_ld;
     bl__gemm_operand(rw, &w_trans, &w_ld);
-    bool f32 = x->dtype == BL_F32;
     double t0 = bl_profile_start();
     /* dx (rows, in) = g (rows, out) @ W (out, in) */
-    if (dx && f32)
-        bl_gemm_f32(false, w_trans, rows, in_features, out_features, 1.0f, rg->data, g_ld, rw->data, w_ld, 0.0f,
-                    dx->data, in_features);
-    else if (dx)
-        bl_gemm_f64(false, w_trans, rows, in_features, out_features, 1.0, rg->data, g_ld, rw->data, w_ld, 0.0,
-                    dx->data, in_features);
+    if (dx) gemm_any(x->dtype, false, w_trans, rows, in_features, out_features, rg->data, g_ld, rw->data, w_ld, 0, dx->data,
+                     in_features);
     /* dW (out, in) = g^T (out, rows) @ x (rows, in) */
-    if (dw && f32)
-        bl_gemm_f32(true, false, out_features, in_features, rows, 1.0f, rg->data, g_ld, rx->data, x_ld, 0.0f,
-                    dw->data, in_features);
-    else if (dw)
-        bl_gemm_f64(true, false, out_features, in_features, rows, 1.0, rg->data, g_ld, rx->data, x_ld, 0.0,
-                    dw->data, in_features);
-    if (db && f32) column_sums_float(rows, out_features, rg->data, g_ld, db->data);
-    else if (db) column_sums_double(rows, out_features, rg->data, g_ld, db->data);
+    if (dw) gemm_any(x->dtype, true, false, out_features, in_features, rows, rg->data, g_ld, rx->data, x_ld, 0, dw->data,
+                     in_features);
+    if (db) {
+        add_column_sums(x->dtype, rows, out_features, rg->data, g_ld, db_acc, true);
+        store_sums(db_acc, db);
+    }
     double products = (dx ? 1.0 : 0.0) + (dw ? 1.0 : 0.0);
     bl_profile_stop("linear.bwd", t0, 2.0 * products * (double)rows * (double)in_features * (double)out_features);
     gin[0] = dx;
@@ -359,4 +402,289 @@ bl_tensor *bl_linear(bl_tensor *x, bl_tensor *weight, bl_tensor *bias) {
     if (bl_autograd_needed(n, inputs) && !bl_autograd_record(out, "linear", linear_backward, n, inputs, 0))
         return NULL;
     return out;
+}
+
+/* ---- linear, GELU, linear ------------------------------------------------------------------------ */
+
+/* Rows per chunk: a chunk's activations (rows x hidden) stay near 1 MiB, in the core's cache
+ * between the product that writes them and the one that reads them. */
+static int64_t mlp_chunk_rows(int64_t hidden) {
+    int64_t rows = ((int64_t)1 << 18) / (hidden > 0 ? hidden : 1);
+    return rows < 16 ? 16 : rows;
+}
+
+static int thread_count(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+static int thread_index(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+static const bl_unary_args gelu_args = {.op = BL_UNARY_GELU};
+
+/* h (rows, hidden) += bias (or nothing) per row, then a (=) gelu(h). */
+static void bias_gelu(bl_dtype dt, int64_t rows, int64_t hidden, void *h, const void *bias, void *a) {
+    for (int64_t r = 0; r < rows; r++) {
+        if (dt == BL_F32) {
+            float *hr = (float *)h + r * hidden;
+            if (bias)
+                for (int64_t j = 0; j < hidden; j++) hr[j] += ((const float *)bias)[j];
+            cpu_gelu_f32(hidden, hr, (float *)a + r * hidden);
+        } else {
+            double *hr = (double *)h + r * hidden;
+            if (bias)
+                for (int64_t j = 0; j < hidden; j++) hr[j] += ((const double *)bias)[j];
+            ref_unary_fwd_f64(&gelu_args, hidden, hr, (double *)a + r * hidden);
+        }
+    }
+}
+
+/* a (n) (=) gelu(h (n)). */
+static void gelu_values(bl_dtype dt, int64_t n, const void *h, void *a) {
+    if (dt == BL_F32) cpu_gelu_f32(n, h, a);
+    else ref_unary_fwd_f64(&gelu_args, n, h, a);
+}
+
+/* d (n) *= gelu'(h (n)), in place. */
+static void gelu_backward(bl_dtype dt, int64_t n, const void *h, void *d) {
+    if (dt == BL_F32) cpu_gelu_bwd_f32(n, h, d, d);
+    else ref_unary_bwd_f64(&gelu_args, n, h, NULL, d, d);
+}
+
+/* out (rows, n) (=) bias in every row; out contiguous. */
+static void broadcast_rows(bl_dtype dt, int64_t rows, int64_t n, const void *bias, void *out) {
+    size_t row_bytes = (size_t)n * bl_dtype_size(dt);
+    for (int64_t r = 0; r < rows; r++) memcpy((char *)out + (size_t)r * row_bytes, bias, row_bytes);
+}
+
+/* The two weights as the GEMM kernels read them. */
+typedef struct {
+    bl_tensor *w1, *w2;
+    bool w1_trans, w2_trans;
+    int64_t w1_ld, w2_ld;
+} mlp_weights;
+
+static int mlp_weights_of(bl_tensor *w1, bl_tensor *w2, mlp_weights *mw) {
+    mw->w1 = bl__gemm_readable(w1);
+    mw->w2 = bl__gemm_readable(w2);
+    if (!mw->w1 || !mw->w2) return BL_ERR;
+    bl__gemm_operand(mw->w1, &mw->w1_trans, &mw->w1_ld);
+    bl__gemm_operand(mw->w2, &mw->w2_trans, &mw->w2_ld);
+    return BL_OK;
+}
+
+static double mlp_flops(int64_t rows, int64_t in, int64_t hidden, int64_t out) {
+    return 2.0 * (double)rows * (double)hidden * (double)(in + out);
+}
+
+typedef struct {
+    bl_tensor *h; /* (rows, hidden): fc1's output before the GELU, the only activation kept */
+} mlp_ctx;
+
+/* Under create_graph: the composition itself, replayed with ops, each of its three nodes handed
+ * its output's gradient in turn, so that the gradients are built from (differentiable) ops. */
+static int mlp_backward_replay(bl_node *node, bl_tensor *g, bl_tensor **gin) {
+    bl_tensor **in = node->inputs;
+    bl_tensor *h = bl_linear(in[0], in[1], in[2]), *a = bl_gelu(h), *y = bl_linear(a, in[3], in[4]);
+    if (!y) return BL_ERR;
+    if (!y->grad_fn) return BL_OK; /* nothing here requires grad */
+    bl_tensor *g_fc2[3] = {NULL}, *g_act[1] = {NULL}, *g_fc1[3] = {NULL};
+    BL_TRY(y->grad_fn->backward(y->grad_fn, g, g_fc2));
+    gin[3] = g_fc2[1];
+    gin[4] = g_fc2[2];
+    if (g_fc2[0] && a->grad_fn) BL_TRY(a->grad_fn->backward(a->grad_fn, g_fc2[0], g_act));
+    if (g_act[0] && h->grad_fn) BL_TRY(h->grad_fn->backward(h->grad_fn, g_act[0], g_fc1));
+    for (int i = 0; i < 3; i++) gin[i] = g_fc1[i];
+    return BL_OK;
+}
+
+/* What one thread of the fused backward accumulates over its chunks. */
+typedef struct {
+    char *a, *da;        /* chunk scratch: gelu(h), then the gradient of h */
+    char *dw1, *dw2;     /* the thread's part of the weight gradients */
+    double *db1, *db2;   /* and of the bias gradients */
+    bool started;        /* whether dw1/dw2 hold a first chunk's product yet */
+} mlp_thread_part;
+
+/* p (n) (=) the sum of the threads' parts at byte offset `offset`, n elements of dtype dt. */
+static void sum_parts(bl_dtype dt, int threads, const mlp_thread_part *parts, size_t which, int64_t n, void *p) {
+#pragma omp parallel for schedule(static) if (n * threads > 65536)
+    for (int64_t i = 0; i < n; i++) {
+        double total = 0;
+        for (int t = 0; t < threads; t++) {
+            if (!parts[t].started) continue;
+            const char *base = *(char *const *)((const char *)&parts[t] + which);
+            total += dt == BL_F32 ? ((const float *)base)[i] : ((const double *)base)[i];
+        }
+        if (dt == BL_F32) ((float *)p)[i] = (float)total;
+        else ((double *)p)[i] = total;
+    }
+}
+
+/* First order. The rows go in chunks, handed out to the threads as they come free, each chunk on
+ * one thread: a = gelu(h) is recomputed, dW2 += g^T a, da = g W2, dh = da * gelu'(h),
+ * dW1 += dh^T x, dx = dh W1, and the bias gradients are column sums of g and dh. Weight and bias
+ * gradients collect per thread and are summed at the end. Every buffer but the gradients is
+ * scratch, returned to the arena before the function returns. */
+static int mlp_backward_fused(bl_node *node, bl_tensor *g, bl_tensor **gin) {
+    bl_tensor *x = node->inputs[0], *w1 = node->inputs[1], *b1 = node->inputs[2], *w2 = node->inputs[3];
+    bl_tensor *b2 = node->inputs[4], *h = ((const mlp_ctx *)node->ctx)->h;
+    bl_dtype dt = x->dtype;
+    int64_t in = w1->shape[1], hidden = w1->shape[0], out = w2->shape[0], rows = h->shape[0];
+    int64_t g_ld, x_ld = in;
+    bool want_b1 = b1 && b1->requires_grad, want_b2 = b2 && b2->requires_grad;
+    bool need_a = w2->requires_grad, need_dh = x->requires_grad || w1->requires_grad || want_b1;
+    mlp_weights mw;
+    bl_tensor *rg = as_row_matrix(g, &g_ld), *rx = w1->requires_grad ? as_row_matrix(x, &x_ld) : x;
+    bl_tensor *dx = x->requires_grad ? bl_empty(dt, x->ndim, x->shape) : NULL;
+    bl_tensor *dw1 = w1->requires_grad ? bl_empty(dt, 2, w1->shape) : NULL;
+    bl_tensor *dw2 = w2->requires_grad ? bl_empty(dt, 2, w2->shape) : NULL;
+    bl_tensor *db1 = want_b1 ? bl_empty(dt, 1, b1->shape) : NULL, *db2 = want_b2 ? bl_empty(dt, 1, b2->shape) : NULL;
+    if (!rg || !rx || mlp_weights_of(w1, w2, &mw) || (x->requires_grad && !dx) || (w1->requires_grad && !dw1) ||
+        (w2->requires_grad && !dw2) || (want_b1 && !db1) || (want_b2 && !db2))
+        return BL_ERR;
+
+    double t0 = bl_profile_start();
+    size_t elem = bl_dtype_size(dt);
+    int64_t chunk = mlp_chunk_rows(hidden), chunks = (rows + chunk - 1) / chunk;
+    int threads = thread_count();
+    bl_scope scratch = bl_scope_begin();
+    mlp_thread_part *parts = bl_arena_alloc((size_t)threads * sizeof *parts);
+    int rc = parts ? BL_OK : BL_ERR;
+    for (int t = 0; rc == BL_OK && t < threads; t++) {
+        mlp_thread_part *p = &parts[t];
+        *p = (mlp_thread_part){0};
+        p->a = need_a ? bl_arena_alloc((size_t)(chunk * hidden) * elem) : NULL;
+        p->da = need_dh ? bl_arena_alloc((size_t)(chunk * hidden) * elem) : NULL;
+        p->dw1 = dw1 ? bl_arena_alloc((size_t)(hidden * in) * elem) : NULL;
+        p->dw2 = dw2 ? bl_arena_alloc((size_t)(out * hidden) * elem) : NULL;
+        p->db1 = want_b1 ? zeroed_sums(hidden) : NULL;
+        p->db2 = want_b2 ? zeroed_sums(out) : NULL;
+        if ((need_a && !p->a) || (need_dh && !p->da) || (dw1 && !p->dw1) || (dw2 && !p->dw2) ||
+            (want_b1 && !p->db1) || (want_b2 && !p->db2))
+            rc = BL_ERR;
+    }
+    if (rc == BL_OK) {
+#pragma omp parallel for schedule(dynamic, 1) if (chunks > 1)
+        for (int64_t c = 0; c < chunks; c++) {
+            mlp_thread_part *p = &parts[thread_index()];
+            int64_t r0 = c * chunk, n = rows - r0 < chunk ? rows - r0 : chunk;
+            const char *hc = (const char *)h->data + (size_t)(r0 * hidden) * elem;
+            const char *gc = (const char *)rg->data + (size_t)(r0 * g_ld) * elem;
+            double beta = p->started ? 1.0 : 0.0; /* weight gradients accumulate over the chunks */
+            p->started = true;
+            if (need_a) {
+                gelu_values(dt, n * hidden, hc, p->a);
+                gemm_any(dt, true, false, out, hidden, n, gc, g_ld, p->a, hidden, beta, p->dw2, hidden);
+            }
+            if (want_b2) add_column_sums(dt, n, out, gc, g_ld, p->db2, false);
+            if (need_dh) {
+                gemm_any(dt, false, mw.w2_trans, n, hidden, out, gc, g_ld, mw.w2->data, mw.w2_ld, 0, p->da, hidden);
+                gelu_backward(dt, n * hidden, hc, p->da);
+                if (dw1)
+                    gemm_any(dt, true, false, hidden, in, n, p->da, hidden,
+                             (const char *)rx->data + (size_t)(r0 * x_ld) * elem, x_ld, beta, p->dw1, in);
+                if (want_b1) add_column_sums(dt, n, hidden, p->da, hidden, p->db1, false);
+                if (dx)
+                    gemm_any(dt, false, mw.w1_trans, n, in, hidden, p->da, hidden, mw.w1->data, mw.w1_ld, 0,
+                             (char *)dx->data + (size_t)(r0 * in) * elem, in);
+            }
+        }
+        if (dw1) sum_parts(dt, threads, parts, offsetof(mlp_thread_part, dw1), hidden * in, dw1->data);
+        if (dw2) sum_parts(dt, threads, parts, offsetof(mlp_thread_part, dw2), out * hidden, dw2->data);
+        for (int t = 1; t < threads; t++)
+            for (int64_t j = 0; j < (want_b1 ? hidden : 0); j++) parts[0].db1[j] += parts[t].db1[j];
+        for (int t = 1; t < threads; t++)
+            for (int64_t j = 0; j < (want_b2 ? out : 0); j++) parts[0].db2[j] += parts[t].db2[j];
+        if (db1) store_sums(parts[0].db1, db1);
+        if (db2) store_sums(parts[0].db2, db2);
+    }
+    bl_scope_end(scratch);
+    bl_profile_stop("mlp.bwd", t0, 2.0 * mlp_flops(rows, in, hidden, out));
+    gin[0] = dx;
+    gin[1] = dw1;
+    gin[2] = db1;
+    gin[3] = dw2;
+    gin[4] = db2;
+    return rc;
+}
+
+static int mlp_backward(bl_node *node, bl_tensor *g, bl_tensor **gin) {
+    if (bl_grad_enabled()) return mlp_backward_replay(node, g, gin);
+    return mlp_backward_fused(node, g, gin);
+}
+
+bl_tensor *bl__mlp_gelu(bl_tensor *x, bl_tensor *w1, bl_tensor *b1, bl_tensor *w2, bl_tensor *b2) {
+    BL_NONNULL(x, w1, w2);
+    const char *op = "mlp_gelu";
+    bl_dtype dt = x->dtype;
+    BL_CHECK(bl_dtype_is_float(dt) && w1->dtype == dt && w2->dtype == dt && (!b1 || b1->dtype == dt) &&
+                 (!b2 || b2->dtype == dt),
+             "%s: x, weights and biases need one float dtype, got x %s, fc1 %s, fc2 %s", op, bl_dtype_name(dt),
+             bl_dtype_name(w1->dtype), bl_dtype_name(w2->dtype));
+    BL_CHECK(w1->ndim == 2 && w2->ndim == 2 && w2->shape[1] == w1->shape[0],
+             "%s: weights %s and %s are not (hidden, in) and (out, hidden)", op, bl__shape(w1), bl__shape(w2));
+    int64_t in = w1->shape[1], hidden = w1->shape[0], out = w2->shape[0];
+    BL_CHECK(x->ndim >= 1 && x->shape[x->ndim - 1] == in, "%s: input %s does not end in in_features = %lld of %s", op,
+             bl__shape(x), (long long)in, bl__shape(w1));
+    BL_CHECK((!b1 || (b1->ndim == 1 && b1->shape[0] == hidden)) && (!b2 || (b2->ndim == 1 && b2->shape[0] == out)),
+             "%s: biases %s and %s do not match the weights %s and %s", op, b1 ? bl__shape(b1) : "none",
+             b2 ? bl__shape(b2) : "none", bl__shape(w1), bl__shape(w2));
+    int64_t rows = batch_count(x->ndim - 1, x->shape), x_ld;
+    BL_CHECK(fits_blas(rows) && fits_blas(in) && fits_blas(hidden) && fits_blas(out),
+             "%s: %s through %s is too large for the BLAS", op, bl__shape(x), bl__shape(w1));
+
+    bl_tensor *inputs[5] = {x, w1, b1, w2, b2};
+    bool record = bl_autograd_needed(5, inputs);
+    int64_t shape[BL_MAX_DIMS];
+    memcpy(shape, x->shape, sizeof shape);
+    shape[x->ndim - 1] = out;
+    mlp_weights mw;
+    bl_tensor *result = bl_empty(dt, x->ndim, shape), *rx = as_row_matrix(x, &x_ld);
+    bl_tensor *rb1 = contiguous_vector(b1), *rb2 = contiguous_vector(b2);
+    bl_tensor *h = record ? bl_empty(dt, 2, (int64_t[]){rows, hidden}) : NULL;
+    if (!result || !rx || (b1 && !rb1) || (b2 && !rb2) || (record && !h) || mlp_weights_of(w1, w2, &mw)) return NULL;
+
+    /* Row chunks, each on one thread from fc1 to fc2; h is scratch too at inference. */
+    double t0 = bl_profile_start();
+    size_t elem = bl_dtype_size(dt);
+    int64_t chunk = mlp_chunk_rows(hidden), chunks = (rows + chunk - 1) / chunk;
+    bl_scope scratch = bl_scope_begin();
+    int threads = thread_count();
+    char *a = bl_arena_alloc((size_t)(threads * chunk * hidden) * elem);
+    char *h_scratch = record ? NULL : bl_arena_alloc((size_t)(threads * chunk * hidden) * elem);
+    bool ok = a && (record || h_scratch);
+    if (ok) {
+#pragma omp parallel for schedule(dynamic, 1) if (chunks > 1)
+        for (int64_t c = 0; c < chunks; c++) {
+            int64_t r0 = c * chunk, n = rows - r0 < chunk ? rows - r0 : chunk;
+            size_t mine = (size_t)(thread_index() * chunk * hidden) * elem;
+            char *hc = record ? (char *)h->data + (size_t)(r0 * hidden) * elem : h_scratch + mine;
+            char *yc = (char *)result->data + (size_t)(r0 * out) * elem;
+            gemm_any(dt, false, !mw.w1_trans, n, hidden, in, (const char *)rx->data + (size_t)(r0 * x_ld) * elem, x_ld,
+                     mw.w1->data, mw.w1_ld, 0, hc, hidden);
+            bias_gelu(dt, n, hidden, hc, rb1 ? rb1->data : NULL, a + mine);
+            /* fc2's bias is written first and the product accumulates onto it */
+            if (rb2) broadcast_rows(dt, n, out, rb2->data, yc);
+            gemm_any(dt, false, !mw.w2_trans, n, out, hidden, a + mine, hidden, mw.w2->data, mw.w2_ld, rb2 ? 1.0 : 0.0,
+                     yc, out);
+        }
+    }
+    bl_scope_end(scratch);
+    bl_profile_stop("mlp.fwd", t0, mlp_flops(rows, in, hidden, out));
+    BL_CHECK(ok, "%s: out of memory for the activations of %s", op, bl__shape(x));
+    if (!record) return result;
+    bl_node *node = bl_autograd_record(result, op, mlp_backward, 5, inputs, sizeof(mlp_ctx));
+    if (!node) return NULL;
+    ((mlp_ctx *)node->ctx)->h = h;
+    return result;
 }

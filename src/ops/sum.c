@@ -2,6 +2,7 @@
  * sum_dim and mean_dim are shapes around it. Its gradient is expand, whose gradient is sum_to,
  * so derivatives of any order stay within these two ops. */
 #include "ballast/ops.h"
+#include "ballast/profile.h"
 
 #include "core/internal.h"
 
@@ -77,7 +78,9 @@ bl_tensor *bl_sum_to(bl_tensor *a, int ndim, const int64_t *shape) {
         same = same && shape[i] == from;
     }
     if (same) return a;
+    double t0 = bl_profile_start();
     bl_tensor *out = sum_to_kernel(a, ndim, shape);
+    bl_profile_stop("sum", t0, (double)bl_numel(a));
     bl_tensor *in[1] = {a};
     bl_autograd_record(out, "sum_to", sum_to_backward, 1, in, 0);
     return out;

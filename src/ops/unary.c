@@ -1,10 +1,12 @@
 /* Elementwise unary ops (neg, exp, log, sqrt, abs, sign, the activations and clamp). Each reads
- * its input as contiguous values (copying a strided input once), maps them through the reference
- * kernel into a new contiguous tensor and records a node. A first-order backward calls the kernel's
+ * its input as dense values (contiguous or channels last; a strided input is copied once), maps
+ * them through the reference kernel into a new tensor of the same order and records a node. A first-order backward calls the kernel's
  * fused derivative; with create_graph it builds the gradient from ops instead, so that the gradient
  * can itself be differentiated. */
 #include "ballast/ops.h"
+#include "ballast/profile.h"
 
+#include "backend/cpu/layout.h"
 #include "backend/ref/ref_unary.h"
 #include "core/internal.h"
 
@@ -15,15 +17,31 @@ typedef struct {
     bl_tensor *x; /* the input's values, contiguous and detached, for the fused backward */
 } unary_ctx;
 
-/* t's values as a contiguous tensor outside the graph (t itself, detached, when already contiguous). */
-static bl_tensor *values_of(bl_tensor *t) { return bl_contiguous(bl__view_of(t)); }
+/* Profile names of each op's kernels, forward and derivative. */
+static const char *const profile_names[BL_UNARY_COUNT][2] = {
+    {"neg", "neg.bwd"},         {"exp", "exp.bwd"},         {"log", "log.bwd"},
+    {"sqrt", "sqrt.bwd"},       {"abs", "abs.bwd"},         {"sign", "sign.bwd"},
+    {"relu", "relu.bwd"},       {"leaky_relu", "leaky_relu.bwd"}, {"gelu", "gelu.bwd"},
+    {"sigmoid", "sigmoid.bwd"}, {"tanh", "tanh.bwd"},       {"softplus", "softplus.bwd"},
+    {"clamp", "clamp.bwd"},     {"normal_cdf", "normal_cdf.bwd"},
+};
+
+/* t's values as a dense tensor outside the graph: t itself, detached, when contiguous or channels
+ * last (see backend/cpu/layout.h), else a contiguous copy. */
+static bl_tensor *values_of(bl_tensor *t) {
+    bl_tensor *v = bl__view_of(t);
+    return v && cpu_is_channels_last(v) ? v : bl_contiguous(v);
+}
 
 /* out = f(x), or its gradient dy * f'(x) when dy is given (with y = f(x)), or f'(x) itself when dy
- * is NULL; all contiguous, of x's shape and dtype; nothing is recorded. */
+ * is NULL; all dense in x's memory order, of x's shape and dtype; nothing is recorded. */
 static bl_tensor *run_kernel(const bl_unary_args *args, bool derivative, bl_tensor *x, bl_tensor *y,
                              bl_tensor *dy) {
-    bl_tensor *out = bl_empty(x->dtype, x->ndim, x->shape);
+    bl_tensor *out = bl_is_contiguous(x) ? bl_empty(x->dtype, x->ndim, x->shape)
+                                         : cpu_empty_channels_last(x->dtype, x->shape[0], x->shape[1],
+                                                                   x->shape[2], x->shape[3]);
     if (!out) return NULL;
+    double t0 = bl_profile_start();
     int64_t n = bl_numel(x);
     const void *g = dy ? dy->data : NULL;
     if (x->dtype == BL_F32) {
@@ -33,6 +51,7 @@ static bl_tensor *run_kernel(const bl_unary_args *args, bool derivative, bl_tens
         if (derivative) ref_unary_bwd_f64(args, n, x->data, y->data, g, out->data);
         else ref_unary_fwd_f64(args, n, x->data, out->data);
     }
+    bl_profile_stop(profile_names[args->op][derivative], t0, 0);
     return out;
 }
 
@@ -66,7 +85,7 @@ static int unary_backward(bl_node *node, bl_tensor *g, bl_tensor **gin) {
     const unary_ctx *c = node->ctx;
     bl_tensor *x = node->inputs[0], *y = node->out;
     if (!bl_grad_enabled()) {
-        bl_tensor *dy = values_of(g);
+        bl_tensor *dy = cpu_values_in_order_of(g, c->x);
         gin[0] = dy ? run_kernel(&c->args, true, c->x, y, dy) : NULL;
         return gin[0] ? BL_OK : BL_ERR;
     }

@@ -418,6 +418,11 @@ void bl_config_free(bl_config *c) {
 
 const char *bl_config_source(const bl_config *c) { return c ? c->source : ""; }
 
+const char *bl_config_text(const bl_config *c, const char *key) {
+    const config_entry *e = c && key ? find_entry(c, key) : NULL;
+    return e && e->has_value ? e->text : NULL;
+}
+
 /* ---- overrides and declarations ------------------------------------------------------------- */
 
 int bl_config_set(bl_config *c, const char *assignment) {

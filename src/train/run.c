@@ -303,8 +303,9 @@ static int check_same_config(const bl_run *run, const char *saved_path) {
     int rc = bl__config_validate(saved);
     const char *diff = rc == BL_OK ? bl_config_first_difference(run->config, saved) : NULL;
     if (rc == BL_OK && diff) {
-        bl_set_error("--resume: key '%s' of %s differs from the run's %s", diff, bl_config_source(run->config),
-                     saved_path);
+        const char *now = bl_config_text(run->config, diff), *then = bl_config_text(saved, diff);
+        bl_set_error("--resume: %s is %s now but %s in %s; a continued run keeps the settings it started with",
+                     diff, now ? now : "unset", then ? then : "unset", saved_path);
         rc = BL_ERR;
     }
     bl_config_free(saved);

@@ -12,6 +12,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -88,6 +89,21 @@ const bl_option *bl_trainer_options(int *n_options) {
     return trainer_options;
 }
 
+/* Puts a context in front of the pending error and returns BL_ERR. (The library keeps the first
+ * message of a failure, so a BL_CHECK after a failed call could not say where it happened.) */
+static int add_context(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int add_context(const char *fmt, ...) {
+    char context[512], cause[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(context, sizeof context, fmt, ap);
+    va_end(ap);
+    snprintf(cause, sizeof cause, "%s", bl_last_error());
+    bl_clear_error();
+    bl_set_error("%s: %s", context, cause);
+    return BL_ERR;
+}
+
 static bool is_synthetic(const bl_config *c) {
     const char *name = bl_config_has(c, "dataset.name") ? bl_config_string(c, "dataset.name") : NULL;
     return name && strcmp(name, "synthetic") == 0;
@@ -99,7 +115,7 @@ int bl__config_validate(bl_config *c) {
     if (is_synthetic(c)) BL_TRY(bl_config_declare(c, NULL, synthetic_options, N_SYNTHETIC_OPTIONS));
     const char *name = bl_config_string(c, "method.name");
     const bl_method *m = name ? bl_method_find(name) : NULL;
-    BL_CHECK_RC(m, "%s: method.name: %s", bl_config_source(c), bl_last_error());
+    if (!m) return add_context("%s: method.name", bl_config_source(c));
     BL_TRY(bl_config_declare(c, "method.", m->options, m->n_options));
     return bl_config_check_unknown(c);
 }
@@ -112,7 +128,7 @@ int bl_schedule_from_config(const bl_config *c, bl_schedule *out) {
     double warmup = bl_config_float(c, "train.warmup_epochs");
     double milestones[BL_SCHED_MAX_MILESTONES];
     int n = bl_config_list(c, "train.milestones", milestones, BL_SCHED_MAX_MILESTONES);
-    BL_CHECK_RC(kind && n >= 0, "%s: train schedule: %s", src, bl_last_error());
+    if (!kind || n < 0) return add_context("%s: train schedule", src);
     BL_CHECK_RC(lr > 0, "%s: train.lr must be positive, got %g", src, lr);
     BL_CHECK_RC(warmup >= 0, "%s: train.warmup_epochs must be >= 0, got %g", src, warmup);
     bl_schedule s;
@@ -129,7 +145,7 @@ int bl_schedule_from_config(const bl_config *c, bl_schedule *out) {
                     src, kind);
     }
     if (warmup > 0) s = bl_schedule_with_warmup(s, warmup, bl_config_float(c, "train.warmup_start_factor"));
-    BL_CHECK_RC(isfinite(bl_schedule_lr(&s, 0)), "%s: train schedule: %s", src, bl_last_error());
+    if (!isfinite(bl_schedule_lr(&s, 0))) return add_context("%s: train schedule", src);
     *out = s;
     return BL_OK;
 }
@@ -141,7 +157,7 @@ double bl_run_lr(const bl_run *run, int epoch) {
 static int optimizer_config(const bl_config *c, bl_optim_config *out) {
     const char *src = bl_config_source(c), *kind = bl_config_string(c, "train.optimizer");
     double lr = bl_config_float(c, "train.lr"), wd = bl_config_float(c, "train.weight_decay");
-    BL_CHECK_RC(kind, "%s: %s", src, bl_last_error());
+    if (!kind) return add_context("%s: train.optimizer", src);
     if (strcmp(kind, "sgd") == 0) {
         *out = bl_sgd_config(lr, bl_config_float(c, "train.momentum"), wd);
         out->nesterov = bl_config_bool(c, "train.nesterov");
@@ -372,8 +388,10 @@ static int build_data(bl_run *run, bool save) {
     }
     const bl_config *c = run->config;
     int64_t k = full.num_classes;
-    if (k <= 0) k = max_label_plus_one(&full) > max_label_plus_one(&run->test) ? max_label_plus_one(&full)
-                                                                             : max_label_plus_one(&run->test);
+    if (k <= 0) {
+        int64_t in_train = max_label_plus_one(&full), in_test = max_label_plus_one(&run->test);
+        k = in_train > in_test ? in_train : in_test;
+    }
     if (bl_config_has(c, "model.num_classes")) k = bl_config_int(c, "model.num_classes");
     run->num_classes = k;
     int64_t *train_idx = NULL, *val_idx = NULL, n_train = 0, n_val = 0;
@@ -421,7 +439,7 @@ static int build_model(bl_run *run) {
                 bl_config_string(c, "dataset.name"), (long long)im->shape[2], (long long)im->shape[3]);
     const char *name = bl_config_string(c, "model.name");
     run->model = bl_model_create(name, &opts, (uint64_t)bl_config_int(c, "train.seed"));
-    BL_CHECK_RC(run->model, "%s: model.name '%s': %s", bl_config_source(c), name, bl_last_error());
+    if (!run->model) return add_context("%s: model.name '%s'", bl_config_source(c), name);
     return BL_OK;
 }
 
@@ -432,8 +450,8 @@ static int build_method(bl_run *run) {
     BL_CHECK_RC(run->method_state, "out of memory");
     bl_params_init(&run->extra_params);
     if (run->method->setup) {
-        BL_CHECK_RC(run->method->setup(run, run->method_state) == BL_OK, "method %s: setup: %s", run->method->name,
-                    bl_last_error());
+        if (run->method->setup(run, run->method_state) != BL_OK)
+            return add_context("method %s: setup", run->method->name);
     }
     if (run->extra_params.count > 0 && !run->extra_params.finalized) BL_TRY(bl_params_finalize(&run->extra_params));
     return BL_OK;
@@ -457,7 +475,7 @@ static uint64_t data_seed(const bl_run *run) {
 int bl_run_set_sampler(bl_run *run, const char *kind) {
     BL_CHECK_RC(run && kind, "bl_run_set_sampler: NULL argument");
     bl_sampler *s = bl_sampler_create(kind, run->train.labels, run->num_classes, data_seed(run));
-    BL_CHECK_RC(s, "%s: sampler '%s': %s", bl_config_source(run->config), kind, bl_last_error());
+    if (!s) return add_context("%s: sampler '%s'", bl_config_source(run->config), kind);
     bl_loader *l = bl_loader_create(&run->train, s, run->batch_size, bl_config_bool(run->config, "train.drop_last"),
                                     &run->augment, data_seed(run));
     if (!l) {
@@ -579,7 +597,7 @@ static int evaluate_and_log(bl_run *run, const bl_dataset *ds, const char *split
     char *json = rc == BL_OK ? bl_metrics_json(&s, head) : NULL;
     if (top1) *top1 = rc == BL_OK ? s.top1 : NAN;
     bl_metrics_free(&m);
-    BL_CHECK_RC(json, "evaluation on %s: %s", split, bl_last_error());
+    if (!json) return add_context("evaluation on %s", split);
     if (run->log) {
         fprintf(run->log, "%s\n", json);
         fflush(run->log);
@@ -601,8 +619,9 @@ static int write_train_record(bl_run *run, int epoch, double loss, double lr, do
 /* One optimizer step on one batch; *loss_value gets the batch's loss. */
 static int train_step(bl_run *run, bl_tensor *x, bl_tensor *y, double clip, double *loss_value) {
     bl_tensor *loss = run->method->loss(run, run->method_state, x, y);
-    BL_CHECK_RC(loss, "method %s: loss at epoch %d, step %lld: %s", run->method->name, run->epoch + 1,
-                (long long)run->step + 1, bl_last_error());
+    if (!loss)
+        return add_context("method %s: loss at epoch %d, step %lld", run->method->name, run->epoch + 1,
+                           (long long)run->step + 1);
     BL_CHECK_RC(bl_numel(loss) == 1, "method %s: the loss must be a scalar, got %s", run->method->name, bl__shape(loss));
     double v = bl_item(loss);
     *loss_value = v;
@@ -637,12 +656,11 @@ int bl_run_train_epochs(bl_run *run, int first, int last) {
     for (int epoch = first; epoch < last; epoch++) {
         run->epoch = epoch;
         double lr = bl_run_lr(run, epoch);
-        BL_CHECK_RC(isfinite(lr), "learning rate at epoch %d: %s", epoch + 1, bl_last_error());
+        if (!isfinite(lr)) return add_context("learning rate at epoch %d", epoch + 1);
         run->opt.cfg.lr = lr;
         if (run->has_extra_opt) run->extra_opt.cfg.lr = lr;
-        if (run->method->epoch_begin)
-            BL_CHECK_RC(run->method->epoch_begin(run, run->method_state, epoch) == BL_OK, "method %s: epoch %d: %s",
-                        run->method->name, epoch + 1, bl_last_error());
+        if (run->method->epoch_begin && run->method->epoch_begin(run, run->method_state, epoch) != BL_OK)
+            return add_context("method %s: start of epoch %d", run->method->name, epoch + 1);
         /* the sampler's progress (progressive sampling) counts within the current stage */
         BL_TRY(bl_loader_start_epoch(run->train_loader, epoch - run->schedule_origin, last - run->schedule_origin));
         if (run->progress) bl__progress_epoch(run->progress, epoch, last, steps);
@@ -691,8 +709,9 @@ int bl_run_train_epochs(bl_run *run, int first, int last) {
                 window_steps = window_images = 0;
             }
         }
-        BL_CHECK_RC(done == steps, "epoch %d: the loader stopped after %lld of %lld batches: %s", epoch + 1,
-                    (long long)done, (long long)steps, bl_last_error());
+        if (done != steps)
+            return add_context("epoch %d: the loader stopped after %lld of %lld batches", epoch + 1, (long long)done,
+                               (long long)steps);
         run->epoch = epoch + 1;
         double mean_loss = loss_sum / (double)done, seconds = bl_now() - epoch_start;
         if (run->log) {
@@ -744,9 +763,8 @@ int bl_run_train(bl_run *run) {
             if (every <= 0 || run->epoch % every != 0) BL_TRY(bl_run_checkpoint(run, false));
         }
         run->stage = 1;
-        if (run->method->after_training)
-            BL_CHECK_RC(run->method->after_training(run, run->method_state) == BL_OK, "method %s: after training: %s",
-                        run->method->name, bl_last_error());
+        if (run->method->after_training && run->method->after_training(run, run->method_state) != BL_OK)
+            return add_context("method %s: after training", run->method->name);
         BL_TRY(bl_run_checkpoint(run, true));
         run->finished = true;
     }
