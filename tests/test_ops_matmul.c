@@ -470,7 +470,9 @@ static void test_mlp_values_and_gradients(void) {
     for (int d = 0; d < 2; d++)
         for (size_t c = 0; c < sizeof mlp_cases / sizeof mlp_cases[0]; c++) {
             bl_dtype dt = dts[d];
-            double tol = dt == BL_F32 ? 2e-5 : 1e-12;
+            /* F32 sums hundreds of products in another order than the composition: float noise; F64 is
+             * where the algorithm is checked to the last digits */
+            double tol = dt == BL_F32 ? 1e-4 : 1e-12;
             mlp_inputs m = make_mlp_inputs(&mlp_cases[c], dt, 600 + 10 * c);
             bl_tensor *want = mlp_by_ops(&m), *got = NULL;
             BL_NO_GRAD { got = mlp_fused(&m); } /* inference: nothing kept */

@@ -10,27 +10,34 @@
  *   method:  {name, ...the method's own options}
  *   output:  {dir}
  * dataset.name is any name bl_dataset_load knows, or "synthetic": generated images of noisy class
- * patterns (dataset.synthetic_* keys), for smoke runs and tests that must not need real data.
+ * patterns (dataset.synthetic.* keys), for smoke runs and tests that must not need real data.
  * Every key must be declared by an option table (the trainer's, or the chosen method's, whose keys
  * live under "method."), and every value must parse as its declared type; violations are errors
  * naming the key and the file. Absent keys take their table's default, so the resolved config
- * written into the run directory is complete.
+ * written into the run directory is complete. The validation split is drawn from the training
+ * images the long-tailed subset leaves out (classes the subset kept whole give up val_per_class of
+ * their own), never from the test set.
  *
  * A run directory holds:
  *   config.yaml               the resolved config
  *   log.jsonl                 one JSON object per line (the format bl_report_write reads):
  *                               {"epoch":E,"step":S,"loss":L,"lr":R,"img_per_s":V}  training
- *                               {"eval":"val"|"test","epoch":E, ...bl_metrics_json members}
- *                               {"epoch_end":E,"step":S,"mean_loss":L,"seconds":T}
+ *                               {"eval":"val"|"test","epoch":E,"step":S, ...bl_metrics_json members}
+ *                               {"epoch_end":E,"step":S,"mean_loss":L,"lr":R,"seconds":T}
  *                               {"resume":E,"step":S} when a run continues from a checkpoint
+ *                               {"error":"...","epoch":E,"step":S} when training stops on an error
  *                               plus records methods log themselves (bl_run_log)
  *                             epochs are 1-based in the log: "epoch":1 is the first epoch trained
  *   checkpoints/epoch_NNNN/   model.safetensors (parameters and buffers, PyTorch names),
  *                             extra.safetensors (run->extra_params, when it has entries),
- *                             optimizer.safetensors, extra_optimizer.safetensors, state.json
+ *                             optimizer.safetensors, extra_optimizer.safetensors, state.json;
+ *   checkpoints/final/        the same, written after method->after_training
+ *   split_train.idx           the rows of the dataset's training set used for training, and
+ *   split_val.idx             those held out for validation (bl_indices_save files; resume and
+ *                             evaluation read them back instead of drawing the split again)
  *   checkpoint.json           {"latest": "checkpoints/epoch_NNNN", "epoch": E, "final": bool}
- *   results.json              the final evaluation: {"method":..,"dataset":..,"imbalance":..,
- *                             "train_counts":[..], "val": {...}, "test": {...}}
+ *   results.json              the final evaluation: {"method":..,"dataset":..,"model":..,"imbalance":..,
+ *                             "epochs":..,"steps":..,"train_counts":[..],"val":{...}|null,"test":{...}}
  * A checkpoint directory is written under a temporary name and renamed when complete, and
  * checkpoint.json is replaced atomically after it, so a crash never leaves a half checkpoint
  * that resume would pick up. */
@@ -112,7 +119,9 @@ typedef struct bl_run bl_run;
  * the optimizer is created; register buffers on run->model->params and trainable parameters in
  * run->extra_params here), then per epoch epoch_begin and per step loss, then after_training,
  * then logits for every evaluation. On resume, setup runs again before the checkpoint is loaded,
- * so state registered as buffers or extra params comes back with it. */
+ * so state registered as buffers or extra params comes back with it. Checkpoints are only written
+ * in the main epochs (and the final one after after_training), so a run interrupted during
+ * after_training runs it again from the end of the main epochs. */
 typedef struct bl_method {
     const char *name;
     const char *summary;

@@ -27,7 +27,6 @@
 #include "ops/dense.h"
 
 #include <limits.h>
-#include <stddef.h>
 #include <string.h>
 
 #ifdef _OPENMP
@@ -515,26 +514,24 @@ typedef struct {
     bool started;        /* whether dw1/dw2 hold a first chunk's product yet */
 } mlp_thread_part;
 
-/* p (n) (=) the sum of the threads' parts at byte offset `offset`, n elements of dtype dt. */
-static void sum_parts(bl_dtype dt, int threads, const mlp_thread_part *parts, size_t which, int64_t n, void *p) {
-#pragma omp parallel for schedule(static) if (n * threads > 65536)
+/* p (n) (=) the sum of the `count` arrays src[i] (n elements of dtype dt each), in double. */
+static void sum_arrays(bl_dtype dt, int count, char *const *src, int64_t n, void *p) {
+#pragma omp parallel for schedule(static) if (n * count > 65536)
     for (int64_t i = 0; i < n; i++) {
         double total = 0;
-        for (int t = 0; t < threads; t++) {
-            if (!parts[t].started) continue;
-            const char *base = *(char *const *)((const char *)&parts[t] + which);
-            total += dt == BL_F32 ? ((const float *)base)[i] : ((const double *)base)[i];
-        }
+        for (int k = 0; k < count; k++)
+            total += dt == BL_F32 ? ((const float *)src[k])[i] : ((const double *)src[k])[i];
         if (dt == BL_F32) ((float *)p)[i] = (float)total;
         else ((double *)p)[i] = total;
     }
 }
 
-/* First order. The rows go in chunks, handed out to the threads as they come free, each chunk on
- * one thread: a = gelu(h) is recomputed, dW2 += g^T a, da = g W2, dh = da * gelu'(h),
+/* First order. The rows go in chunks, each on one thread: a = gelu(h) is recomputed, dW2 += g^T a, da = g W2, dh = da * gelu'(h),
  * dW1 += dh^T x, dx = dh W1, and the bias gradients are column sums of g and dh. Weight and bias
- * gradients collect per thread and are summed at the end. Every buffer but the gradients is
- * scratch, returned to the arena before the function returns. */
+ * gradients collect per thread and are summed at the end; the chunks are dealt to the threads in a
+ * fixed order (not as threads come free) so that these sums, and with them training, are the same
+ * bit for bit from run to run. Every buffer but the gradients is scratch, returned to the arena
+ * before the function returns. */
 static int mlp_backward_fused(bl_node *node, bl_tensor *g, bl_tensor **gin) {
     bl_tensor *x = node->inputs[0], *w1 = node->inputs[1], *b1 = node->inputs[2], *w2 = node->inputs[3];
     bl_tensor *b2 = node->inputs[4], *h = ((const mlp_ctx *)node->ctx)->h;
@@ -574,7 +571,7 @@ static int mlp_backward_fused(bl_node *node, bl_tensor *g, bl_tensor **gin) {
             rc = BL_ERR;
     }
     if (rc == BL_OK) {
-#pragma omp parallel for schedule(dynamic, 1) if (chunks > 1)
+#pragma omp parallel for schedule(static) if (chunks > 1)
         for (int64_t c = 0; c < chunks; c++) {
             mlp_thread_part *p = &parts[thread_index()];
             int64_t r0 = c * chunk, n = rows - r0 < chunk ? rows - r0 : chunk;
@@ -599,8 +596,18 @@ static int mlp_backward_fused(bl_node *node, bl_tensor *g, bl_tensor **gin) {
                              (char *)dx->data + (size_t)(r0 * in) * elem, in);
             }
         }
-        if (dw1) sum_parts(dt, threads, parts, offsetof(mlp_thread_part, dw1), hidden * in, dw1->data);
-        if (dw2) sum_parts(dt, threads, parts, offsetof(mlp_thread_part, dw2), out * hidden, dw2->data);
+        /* the threads that ran a chunk hold a part of each weight gradient */
+        char **w1_parts = bl_arena_alloc((size_t)threads * sizeof *w1_parts);
+        char **w2_parts = bl_arena_alloc((size_t)threads * sizeof *w2_parts);
+        int started = 0;
+        for (int t = 0; t < threads && w1_parts && w2_parts; t++)
+            if (parts[t].started) {
+                w1_parts[started] = parts[t].dw1;
+                w2_parts[started++] = parts[t].dw2;
+            }
+        if (!w1_parts || !w2_parts) rc = BL_ERR;
+        if (dw1 && rc == BL_OK) sum_arrays(dt, started, w1_parts, hidden * in, dw1->data);
+        if (dw2 && rc == BL_OK) sum_arrays(dt, started, w2_parts, out * hidden, dw2->data);
         for (int t = 1; t < threads; t++)
             for (int64_t j = 0; j < (want_b1 ? hidden : 0); j++) parts[0].db1[j] += parts[t].db1[j];
         for (int t = 1; t < threads; t++)
