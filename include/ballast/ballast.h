@@ -12,5 +12,7 @@
 #include "ballast/io.h"
 #include "ballast/data.h"
 #include "ballast/profile.h"
+#include "ballast/metrics.h"
+#include "ballast/train.h"
 
 #endif
