@@ -54,6 +54,11 @@ void bl__for_each_run(int ndim, const int64_t *shape, int n_ops, char *const *ba
                       const int64_t (*strides)[BL_MAX_DIMS], const size_t *elem_size, bl__run_fn fn,
                       void *user);
 
+/* The calling thread's index in the current OpenMP team (0 outside one), and the most threads a
+ * parallel region may use: together they size and index per-thread scratch space. */
+int bl__thread_index(void);
+int bl__max_threads(void);
+
 /* Broadcast shape of a and b (NumPy rules) into (ndim, shape); BL_ERR with a message naming
  * `op` when incompatible. */
 int bl__broadcast_shape(const char *op, const bl_tensor *a, const bl_tensor *b, int *ndim, int64_t *shape);

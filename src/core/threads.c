@@ -16,3 +16,19 @@ void bl_set_threads(int n) {
 }
 
 int bl_get_threads(void) { return n_threads; }
+
+int bl__thread_index(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+int bl__max_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}

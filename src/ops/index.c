@@ -11,7 +11,6 @@
 
 #include <string.h>
 #ifdef _OPENMP
-#include <omp.h>
 #endif
 
 /* Elements of work below which a kernel stays on one thread. */
@@ -280,29 +279,13 @@ static ranked *radix_sort(ranked *line, ranked *spare, int64_t n) {
     return line;
 }
 
-static int thread_index(void) {
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
-
-static int max_threads(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-
 /* Scratch for one thread: 2n ranked elements, rounded up to whole cache lines so that threads never
  * share one. */
 static int64_t topk_scratch_per_thread(int64_t n) { return (2 * n + 3) / 4 * 4; }
 
 /* values (outer, k, inner) = the k best of each line of src (outer, n, inner) along the middle dim,
  * best first; indices (outer, k, inner) = their positions in the line. src and values are F32, or
- * F64 when `f64`; all contiguous. scratch: max_threads() blocks of topk_scratch_per_thread(n). */
+ * F64 when `f64`; all contiguous. scratch: bl__max_threads() blocks of topk_scratch_per_thread(n). */
 static void topk_kernel(const topk_args *args, const void *src, void *values, int64_t *indices, bool f64,
                         ranked *scratch) {
     const int64_t n = args->n, k = args->k, inner = args->inner, lines = args->outer * inner;
@@ -312,7 +295,7 @@ static void topk_kernel(const topk_args *args, const void *src, void *values, in
     const bool use_heap = k <= n / 16, use_radix = n >= 128;
 #pragma omp parallel for schedule(static) if (lines > 1 && lines * n > PARALLEL_MIN_WORK)
     for (int64_t l = 0; l < lines; l++) {
-        ranked *line = scratch + thread_index() * topk_scratch_per_thread(n);
+        ranked *line = scratch + bl__thread_index() * topk_scratch_per_thread(n);
         int64_t o = l / inner, i = l % inner, in_at = o * n * inner + i, out_at = o * k * inner + i;
         for (int64_t j = 0; j < n; j++) {
             double v = f64 ? ((const double *)src)[in_at + j * inner] : ((const float *)src)[in_at + j * inner];
@@ -609,7 +592,7 @@ static int best_along(const char *op, const char *node_name, bl_tensor *a, int64
     for (int j = d + 1; j < a->ndim; j++) args.inner *= a->shape[j];
     bl_tensor *src = contiguous_untracked(a);
     bl_tensor *v = bl_empty(a->dtype, a->ndim, shape), *idx = bl_empty(BL_I64, a->ndim, shape);
-    ranked *scratch = bl_arena_alloc((size_t)max_threads() * (size_t)topk_scratch_per_thread(args.n) * sizeof *scratch);
+    ranked *scratch = bl_arena_alloc((size_t)bl__max_threads() * (size_t)topk_scratch_per_thread(args.n) * sizeof *scratch);
     if (!src || !v || !idx || !scratch) return BL_ERR;
     topk_kernel(&args, src->data, v->data, idx->data, a->dtype == BL_F64, scratch);
     save_index(bl_autograd_record(v, node_name, scatter_backward, 1, &a, sizeof(index_ctx)), d, idx);
