@@ -1,7 +1,8 @@
 /* Channels-last memory order: the NCHW <-> NHWC conversion kernels against index arithmetic,
  * bl_channels_last (values, strides, gradient), and the ops that keep the order (conv2d on oneDNN,
  * batch norm, average pools) against the same ops on the contiguous copy, forward and backward,
- * including that their results and input gradients stay channels last. */
+ * including that their results and input gradients stay channels last; and the eval-mode folding of
+ * conv2d + batch norm (+ residual + ReLU) into one convolution. */
 #include "test.h"
 
 #include "backend/cpu/layout.h"
@@ -154,5 +155,48 @@ static void test_residual_block(void) {
     check_same_on_both_orders(block_op, NULL, 3, in, false, 2e-5, "residual block");
 }
 
+/* bl_conv2d_bn_act against bl_batch_norm_act(bl_conv2d(...)): in eval mode on a channels-last
+ * input (the batch norm folded into the convolution, residual and ReLU inside it), on a contiguous
+ * input, and in training (unfused, with gradients). */
+static void test_conv_bn_act(void) {
+    const int64_t C = 16, O = 32;
+    bl_tensor *x = test_randn(BL_F32, BL_SHAPE(3, C, 10, 10), 70), *w = test_randn(BL_F32, BL_SHAPE(O, C, 3, 3), 71);
+    bl_tensor *gamma = bl_add_scalar(test_randn(BL_F32, BL_SHAPE(O), 72), 1.0);
+    bl_tensor *beta = test_randn(BL_F32, BL_SHAPE(O), 73), *mean = test_randn(BL_F32, BL_SHAPE(O), 74);
+    bl_tensor *var = bl_add_scalar(bl_abs(test_randn(BL_F32, BL_SHAPE(O), 75)), 0.3);
+    bl_tensor *residual = test_randn(BL_F32, BL_SHAPE(3, O, 5, 5), 76);
+    bl_tensor *cl_x = bl_channels_last(x);
+    bl_conv_args a = bl_conv_args_make(2, 1);
+    for (int variant = 0; variant < 4; variant++) {
+        bool relu = variant & 1;
+        bl_tensor *r = variant & 2 ? residual : NULL;
+        bl_tensor *want =
+            bl_batch_norm_act(bl_conv2d(x, w, NULL, a), gamma, beta, mean, var, r, relu, false, 0.1, 1e-5);
+        bl_tensor *folded = bl_conv2d_bn_act(cl_x, w, a, gamma, beta, mean, var, r, relu, false, 0.1, 1e-5);
+        bl_tensor *plain = bl_conv2d_bn_act(x, w, a, gamma, beta, mean, var, r, relu, false, 0.1, 1e-5);
+        CHECK(test_max_rel_diff(folded, want) <= 1e-5, "eval, channels last, variant %d: %g", variant,
+              test_max_rel_diff(folded, want));
+        CHECK(test_max_rel_diff(plain, want) <= 1e-6, "eval, contiguous, variant %d: %g", variant,
+              test_max_rel_diff(plain, want));
+#ifdef BALLAST_HAVE_ONEDNN
+        CHECK(getenv("BALLAST_CONV") || is_channels_last_only(folded), "the folded result is channels last");
+#endif
+    }
+    /* Training: the running statistics move as with the two ops, and gradients flow. */
+    bl_tensor *rm1 = bl_zeros(BL_F32, BL_SHAPE(O)), *rv1 = bl_ones(BL_F32, BL_SHAPE(O));
+    bl_tensor *rm2 = bl_zeros(BL_F32, BL_SHAPE(O)), *rv2 = bl_ones(BL_F32, BL_SHAPE(O));
+    w->requires_grad = true;
+    bl_tensor *y1 = bl_conv2d_bn_act(cl_x, w, a, gamma, beta, rm1, rv1, residual, true, true, 0.1, 1e-5);
+    bl_tensor *y2 =
+        bl_batch_norm_act(bl_conv2d(cl_x, w, NULL, a), gamma, beta, rm2, rv2, residual, true, true, 0.1, 1e-5);
+    CHECK(test_max_rel_diff(y1, y2) == 0.0 && test_max_rel_diff(rm1, rm2) == 0.0 && test_max_rel_diff(rv1, rv2) == 0.0,
+          "training");
+    bl_tensor *g1[1], *g2[1], *l1 = bl_sum(bl_mul(y1, residual)), *l2 = bl_sum(bl_mul(y2, residual));
+    CHECK(bl_autograd_grad(1, &l1, NULL, 1, &w, g1, false) == BL_OK &&
+              bl_autograd_grad(1, &l2, NULL, 1, &w, g2, false) == BL_OK && test_max_rel_diff(g1[0], g2[0]) == 0.0,
+          "training gradients");
+    w->requires_grad = false;
+}
+
 TEST_MAIN(TEST(test_conversion_kernels), TEST(test_channels_last_op), TEST(test_conv2d), TEST(test_batch_norm),
-          TEST(test_average_pools), TEST(test_residual_block))
+          TEST(test_average_pools), TEST(test_residual_block), TEST(test_conv_bn_act))

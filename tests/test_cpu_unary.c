@@ -125,14 +125,22 @@ static void test_lengths_in_place_and_threads(void) {
             CHECK(worst < 2e-6, "op %d backward, n %lld: %g", o, (long long)n, worst);
         }
     }
-    /* The single-threaded GELU pair used by fused kernels. */
-    cpu_gelu_f32(1000, x, got);
+    /* The single-threaded GELU kernels used by fused ops (1003: a ragged end). */
+    float *derivative = malloc(sizeof(float) * 1003), *want_derivative = malloc(sizeof(float) * 1003);
     bl_unary_args gelu = {.op = BL_UNARY_GELU};
-    ref_unary_fwd_f32(&gelu, 1000, x, want);
-    for (int64_t i = 0; i < 1000; i++) CHECK(fabsf(got[i] - want[i]) <= 2e-6f * (1 + fabsf(want[i])), "cpu_gelu_f32 at %lld", (long long)i);
-    cpu_gelu_bwd_f32(1000, x, dy, got);
-    ref_unary_bwd_f32(&gelu, 1000, x, NULL, dy, want);
-    for (int64_t i = 0; i < 1000; i++) CHECK(fabsf(got[i] - want[i]) <= 2e-6f * (1 + fabsf(want[i])), "cpu_gelu_bwd_f32 at %lld", (long long)i);
+    ref_unary_fwd_f32(&gelu, 1003, x, want);
+    ref_unary_bwd_f32(&gelu, 1003, x, NULL, NULL, want_derivative);
+    cpu_gelu_f32(1003, x, got);
+    for (int64_t i = 0; i < 1003; i++)
+        CHECK(fabsf(got[i] - want[i]) <= 2e-6f * (1 + fabsf(want[i])), "cpu_gelu_f32 at %lld", (long long)i);
+    memset(got, 0, sizeof(float) * 1003);
+    cpu_gelu_with_derivative_f32(1003, x, got, derivative);
+    for (int64_t i = 0; i < 1003; i++)
+        CHECK(fabsf(got[i] - want[i]) <= 2e-6f * (1 + fabsf(want[i])) &&
+                  fabsf(derivative[i] - want_derivative[i]) <= 2e-6f * (1 + fabsf(want_derivative[i])),
+              "cpu_gelu_with_derivative_f32 at %lld", (long long)i);
+    free(derivative);
+    free(want_derivative);
     free(x);
     free(dy);
     free(got);

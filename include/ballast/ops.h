@@ -138,6 +138,14 @@ typedef struct {
 bl_conv_args bl_conv_args_make(int stride, int pad);
 /* x (N, C, H, W), weight (O, C/groups, KH, KW), bias (O) or NULL -> (N, O, OH, OW). */
 bl_tensor *bl_conv2d(bl_tensor *x, bl_tensor *weight, bl_tensor *bias, bl_conv_args args);
+/* conv2d without bias followed by bl_batch_norm_act: act(batch_norm(conv2d(x, weight)) + residual),
+ * with the same results, running-statistic updates and gradients as the two ops. In eval mode with
+ * nothing to differentiate, on a channels-last F32 x with oneDNN, the batch norm is folded into the
+ * convolution (weights times gamma / sqrt(var + eps), a bias of beta - mean times that) and the
+ * residual add and ReLU run inside it: one pass over memory per layer. */
+bl_tensor *bl_conv2d_bn_act(bl_tensor *x, bl_tensor *weight, bl_conv_args args, bl_tensor *bn_weight,
+                            bl_tensor *bn_bias, bl_tensor *running_mean, bl_tensor *running_var, bl_tensor *residual,
+                            bool relu, bool training, double momentum, double eps);
 /* x (N, C, H, W), weight (C, O/groups, KH, KW) as torch.nn.ConvTranspose2d. */
 bl_tensor *bl_conv_transpose2d(bl_tensor *x, bl_tensor *weight, bl_tensor *bias, bl_conv_args args);
 

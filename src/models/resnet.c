@@ -121,13 +121,15 @@ static bl_tensor *subsample_pad(bl_tensor *x, int64_t pad_channels) {
     return bl_pad(sub, 6, (const int64_t[]){0, 0, 0, 0, pad_channels, pad_channels}, 0.0);
 }
 
-/* conv, then batch norm fused with the optional residual add and ReLU that follow it. */
+/* conv, then batch norm fused with the optional residual add and ReLU that follow it (in eval mode
+ * all folded into the convolution). */
 static bl_tensor *conv_bn(bl_conv2d_layer *conv, bl_batchnorm *bn, bl_tensor *x, bl_tensor *residual, bool relu,
                           bool training) {
-    bl_tensor *h = bl_conv2d_layer_forward(conv, x);
-    if (!h) return NULL;
-    bl_tensor *y = bl_batch_norm_act(h, bn->weight, bn->bias, bn->running_mean, bn->running_var, residual, relu,
-                                     training, bn->momentum, bn->eps);
+    BL_NONNULL(x);
+    BL_CHECK(x->ndim == 4 && x->shape[1] == conv->in_channels, "Conv2d(%lld -> %lld): input of shape %s",
+             (long long)conv->in_channels, (long long)conv->out_channels, bl__shape(x));
+    bl_tensor *y = bl_conv2d_bn_act(x, conv->weight, conv->args, bn->weight, bn->bias, bn->running_mean,
+                                    bn->running_var, residual, relu, training, bn->momentum, bn->eps);
     if (y && training && bn->num_batches_tracked) (*(int64_t *)bn->num_batches_tracked->data)++;
     return y;
 }

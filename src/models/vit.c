@@ -68,6 +68,20 @@ static int build(bl_model *m, bl_rng *rng, bl_rng *dropout) {
     return init_linear(&m->classifier, rng);
 }
 
+/* A block's output, computed in its own arena scope when gradients are off: nothing but the
+ * output is needed afterwards, so the block's intermediates (ten activations of the residual
+ * stream's size) are released at once instead of at the end of the whole forward. */
+static bl_tensor *block_forward(bl_transformer_block *block, bl_tensor *h, bool training) {
+    if (bl_grad_enabled()) return bl_transformer_block_forward(block, h, training);
+    bl_tensor *out = h ? bl_empty(h->dtype, h->ndim, h->shape) : NULL;
+    if (!out) return NULL;
+    bl_scope scope = bl_scope_begin();
+    bl_tensor *y = bl_transformer_block_forward(block, h, training);
+    int rc = y ? bl_copy_(out, y) : BL_ERR;
+    bl_scope_end(scope);
+    return rc == BL_OK ? out : NULL;
+}
+
 static int stages(bl_model *m, bl_tensor *x, bl_tensor **out, int cap) {
     vit *net = m->impl;
     bl_tensor *patches = bl_conv2d_layer_forward(&net->patch_embed, x); /* (N, D, H/p, W/p) */
@@ -82,7 +96,7 @@ static int stages(bl_model *m, bl_tensor *x, bl_tensor **out, int cap) {
     h = bl_dropout_layer_forward(&net->pos_drop, h, m->training);
     int count = 0;
     for (int i = 0; i < net->depth; i++) {
-        h = bl_transformer_block_forward(&net->blocks[i], h, m->training);
+        h = block_forward(&net->blocks[i], h, m->training);
         if (!h) return -1;
         if (count < cap) out[count++] = h;
     }

@@ -14,7 +14,10 @@
  * im2col + GEMM (BALLAST_CONV=ref|im2col|onednn in the environment forces one, for tests and
  * benchmarks). A first-order backward of conv2d (no create_graph) skips the composite ops and
  * runs both passes in one kernel call, which on oneDNN reorders dy once for both and reuses the
- * reordered x that the forward pass kept for it. */
+ * reordered x that the forward pass kept for it. A channels-last F32 input (bl_channels_last, also
+ * defined here) runs on oneDNN without any reorder of activations, and its result and input
+ * gradient are channels last too. conv2d_bn_act is conv2d followed by the fused batch norm; in
+ * eval mode it folds the batch norm into one inference convolution. */
 #include "ballast/ops.h"
 #include "ballast/profile.h"
 
@@ -23,6 +26,7 @@
 #include "backend/ref/ref_conv.h"
 #include "core/internal.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -405,22 +409,104 @@ static bl_conv_geom geom_from_args(bl_conv_args a) {
                           .dilation_h = a.dilation_h, .dilation_w = a.dilation_w, .groups = a.groups};
 }
 
+/* The geometry of conv2d(x, weight, bias, args) into *g, after checking that they fit. */
+static int conv2d_geometry(const bl_tensor *x, const bl_tensor *weight, const bl_tensor *bias, bl_conv_args args,
+                           bl_conv_geom *g) {
+    BL_TRY(check_tensors("conv2d", x, weight, bias, args));
+    *g = geom_from_args(args);
+    g->N = x->shape[0], g->C = x->shape[1], g->H = x->shape[2], g->W = x->shape[3];
+    g->O = weight->shape[0], g->KH = weight->shape[2], g->KW = weight->shape[3];
+    BL_CHECK_RC(g->C % g->groups == 0 && g->O % g->groups == 0 && weight->shape[1] * g->groups == g->C,
+                "conv2d: input %s and weight %s do not fit groups %d (weight must be (O, C/groups, KH, KW) with C "
+                "and O divisible by groups)",
+                bl__shape(x), bl__shape(weight), args.groups);
+    BL_CHECK_RC(!bias || bias->shape[0] == g->O, "conv2d: bias %s for weight %s, expected (%lld)", bl__shape(bias),
+                bl__shape(weight), (long long)g->O);
+    BL_CHECK_RC(bl_conv_geom_output_size(g),
+                "conv2d: input %s is smaller than the dilated kernel of weight %s with padding (%d, %d)",
+                bl__shape(x), bl__shape(weight), args.pad_h, args.pad_w);
+    return BL_OK;
+}
+
 bl_tensor *bl_conv2d(bl_tensor *x, bl_tensor *weight, bl_tensor *bias, bl_conv_args args) {
     BL_NONNULL(x, weight);
-    if (check_tensors("conv2d", x, weight, bias, args) != BL_OK) return NULL;
-    bl_conv_geom g = geom_from_args(args);
-    g.N = x->shape[0], g.C = x->shape[1], g.H = x->shape[2], g.W = x->shape[3];
-    g.O = weight->shape[0], g.KH = weight->shape[2], g.KW = weight->shape[3];
-    BL_CHECK(g.C % g.groups == 0 && g.O % g.groups == 0 && weight->shape[1] * g.groups == g.C,
-             "conv2d: input %s and weight %s do not fit groups %d (weight must be (O, C/groups, KH, KW) with C "
-             "and O divisible by groups)",
-             bl__shape(x), bl__shape(weight), args.groups);
-    BL_CHECK(!bias || bias->shape[0] == g.O, "conv2d: bias %s for weight %s, expected (%lld)", bl__shape(bias),
-             bl__shape(weight), (long long)g.O);
-    BL_CHECK(bl_conv_geom_output_size(&g),
-             "conv2d: input %s is smaller than the dilated kernel of weight %s with padding (%d, %d)", bl__shape(x),
-             bl__shape(weight), args.pad_h, args.pad_w);
+    bl_conv_geom g;
+    if (conv2d_geometry(x, weight, bias, args, &g) != BL_OK) return NULL;
     return conv_forward(x, weight, bias, &g);
+}
+
+/* ---- convolution with the batch norm after it ---- */
+
+/* The eval-mode conv2d + batch norm as one oneDNN inference convolution: the batch norm folded
+ * into the weights and a bias, the residual add and ReLU as post-ops. NULL with *declined set
+ * (and no error) when this case does not qualify or oneDNN has no fast kernel for it. */
+static bl_tensor *conv_bn_folded(bl_tensor *x, bl_tensor *weight, bl_conv_args args, bl_tensor *bn_weight,
+                                 bl_tensor *bn_bias, bl_tensor *running_mean, bl_tensor *running_var,
+                                 bl_tensor *residual, bool relu, double eps, bool *declined) {
+    *declined = true;
+#ifdef BALLAST_HAVE_ONEDNN
+    if (x->dtype != BL_F32 || !cpu_is_channels_last(x) || bl_is_contiguous(x) || choose_impl(BL_F32) != IMPL_ONEDNN ||
+        !running_mean || !running_var)
+        return NULL;
+    bl_conv_geom g;
+    if (conv2d_geometry(x, weight, NULL, args, &g) != BL_OK) {
+        *declined = false;
+        return NULL;
+    }
+    /* Any mismatch of the other arguments is left to the unfused ops, which report it. */
+    bl_tensor *params[4] = {bn_weight, bn_bias, running_mean, running_var};
+    for (int i = 0; i < 4; i++)
+        if (params[i] && (params[i]->dtype != BL_F32 || params[i]->ndim != 1 || params[i]->shape[0] != g.O))
+            return NULL;
+    const int64_t out_shape[4] = {g.N, g.O, g.OH, g.OW};
+    if (residual && (residual->dtype != BL_F32 || residual->ndim != 4 ||
+                     memcmp(residual->shape, out_shape, sizeof out_shape) != 0))
+        return NULL;
+    size_t bytes;
+    if (onednn_conv2d_nhwc_fused_prepare(&g, residual != NULL, relu, &bytes) != BL_OK) return NULL;
+    *declined = false;
+    /* w' = w * s and b' = beta - mean * s per output channel, s = gamma / sqrt(var + eps). */
+    bl_tensor *wc = bl_contiguous(bl_detach(weight)), *rk = residual ? cpu_channels_last_values(residual) : NULL;
+    bl_tensor *folded = bl_empty(BL_F32, 4, weight->shape), *shift = bl_empty(BL_F32, 1, &g.O);
+    bl_tensor *y = cpu_empty_channels_last(BL_F32, g.N, g.O, g.OH, g.OW);
+    if (!wc || (residual && !rk) || !folded || !shift || !y) return NULL;
+    const int64_t per_channel = bl_numel(weight) / g.O;
+    const float *w = wc->data;
+    float *wf = folded->data, *b = shift->data;
+    for (int64_t o = 0; o < g.O; o++) {
+        double scale = (bn_weight ? bl_get_flat(bn_weight, o) : 1.0) / sqrt(bl_get_flat(running_var, o) + eps);
+        b[o] = (float)((bn_bias ? bl_get_flat(bn_bias, o) : 0.0) - bl_get_flat(running_mean, o) * scale);
+        for (int64_t i = 0; i < per_channel; i++) wf[o * per_channel + i] = (float)(w[o * per_channel + i] * scale);
+    }
+    double t0 = bl_profile_start();
+    bl_scope s = bl_scope_begin();
+    void *work = bl_arena_alloc(bytes);
+    int rc = work ? onednn_conv2d_nhwc_fused_f32(&g, y->data, x->data, folded->data, shift->data,
+                                                rk ? rk->data : NULL, relu, work)
+                  : BL_ERR;
+    bl_scope_end(s);
+    bl_profile_stop("conv2d_bn_act.fwd", t0, conv_flops(&g));
+    return rc == BL_OK ? y : NULL;
+#else
+    (void)x, (void)weight, (void)args, (void)bn_weight, (void)bn_bias, (void)running_mean, (void)running_var;
+    (void)residual, (void)relu, (void)eps;
+    return NULL;
+#endif
+}
+
+bl_tensor *bl_conv2d_bn_act(bl_tensor *x, bl_tensor *weight, bl_conv_args args, bl_tensor *bn_weight,
+                            bl_tensor *bn_bias, bl_tensor *running_mean, bl_tensor *running_var, bl_tensor *residual,
+                            bool relu, bool training, double momentum, double eps) {
+    BL_NONNULL(x, weight);
+    bl_tensor *differentiable[5] = {x, weight, bn_weight, bn_bias, residual};
+    if (!training && !bl_autograd_needed(5, differentiable)) {
+        bool declined;
+        bl_tensor *y = conv_bn_folded(x, weight, args, bn_weight, bn_bias, running_mean, running_var, residual, relu,
+                                      eps, &declined);
+        if (!declined) return y;
+    }
+    return bl_batch_norm_act(bl_conv2d(x, weight, NULL, args), bn_weight, bn_bias, running_mean, running_var,
+                             residual, relu, training, momentum, eps);
 }
 
 bl_tensor *bl_conv_transpose2d(bl_tensor *x, bl_tensor *weight, bl_tensor *bias, bl_conv_args args) {

@@ -10,8 +10,6 @@
 #include "core/internal.h"
 
 #include <string.h>
-#ifdef _OPENMP
-#endif
 
 /* Elements of work below which a kernel stays on one thread. */
 #define PARALLEL_MIN_WORK 32768

@@ -9,9 +9,11 @@
  * class and normalised by the same W as the NLL term. Since sum_c p_ic = 1, the gradient of
  * cross-entropy with respect to the logits is
  *     dloss_i / dx_ic = p_ic * S_i - q_ic,    S_i = sum_c q_ic = (1 - e) w_t + (e / C) sum_c w_c,
- * which the fused kernels compute from the softmax probabilities kept by the forward pass.
+ * which the fused kernels compute from the softmax probabilities kept by the forward pass; they
+ * report to the profiler as "cross_entropy.fwd" and "cross_entropy.bwd".
  * The other losses are compositions of elementwise ops and reductions. */
 #include "ballast/ops.h"
+#include "ballast/profile.h"
 
 #include "core/internal.h"
 #include "ops/dense.h"
@@ -376,10 +378,12 @@ static int cross_entropy_backward(bl_node *node, bl_tensor *g, bl_tensor **gin) 
     }
     bl_tensor *dx = bl_empty_like(x);
     if (!dx) return BL_ERR;
+    double t0 = bl_profile_start();
     if (x->dtype == BL_F32)
         cpu_cross_entropy_bwd_f32(&ctx->ct, ctx->probs->data, row_grad, (float)scale, dx->data);
     else
         ref_cross_entropy_bwd_f64(&ctx->ct, ctx->probs->data, row_grad, scale, dx->data);
+    bl_profile_stop("cross_entropy.bwd", t0, 0);
     gin[0] = dx;
     return BL_OK;
 }
@@ -399,10 +403,12 @@ bl_tensor *bl_cross_entropy(bl_tensor *logits, bl_tensor *target, bl_ce_args arg
     bl_tensor *probs = bl_empty_like(x);
     bl_tensor *rows = bl_empty(x->dtype, target->ndim, target->shape);
     if (!rows || !probs) return NULL;
+    double t0 = bl_profile_start();
     if (x->dtype == BL_F32)
         cpu_cross_entropy_fwd_f32(&ct, x->data, rows->data, probs->data);
     else
         ref_cross_entropy_fwd_f64(&ct, x->data, rows->data, probs->data);
+    bl_profile_stop("cross_entropy.fwd", t0, 0);
     bl_tensor *out = reduce_rows(rows, &ct, args.reduction);
     bl_node *node = bl_autograd_record(out, "cross_entropy", cross_entropy_backward, 1, &x, sizeof(cross_entropy_ctx));
     if (node) *(cross_entropy_ctx *)node->ctx = (cross_entropy_ctx){ct, args.reduction, probs};

@@ -246,7 +246,23 @@ static int linear_backward_with_ops(bl_node *node, bl_tensor *g, bl_tensor **gin
     return BL_OK;
 }
 
-/* ---- dtype-generic helpers for the fused backward passes ----------------------------------------- */
+/* ---- helpers for the fused backward passes ----------------------------------------- */
+
+static int thread_count(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+static int thread_index(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
 
 /* C = op(A) op(B) + beta C on F32 or F64 data (see gemm.h). */
 static void gemm_any(bl_dtype dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const void *A, int64_t lda,
@@ -257,23 +273,63 @@ static void gemm_any(bl_dtype dt, bool ta, bool tb, int64_t M, int64_t N, int64_
         bl_gemm_f64(ta, tb, M, N, K, 1.0, A, lda, B, ldb, beta, C, ldc);
 }
 
-/* acc (N) += the column sums of g (rows, N) with row stride ldg, summed in double so that sums
- * over thousands of rows keep float precision. Columns go in blocks of 16, one cache line of
- * floats per row; the blocks are split over the threads when `parallel`. */
-static void add_column_sums(bl_dtype dt, int64_t rows, int64_t N, const void *g, int64_t ldg, double *acc,
-                            bool parallel) {
-#pragma omp parallel for schedule(static) if (parallel && rows * N > 65536)
-    for (int64_t j0 = 0; j0 < N; j0 += 16) {
-        int64_t width = N - j0 < 16 ? N - j0 : 16;
-        double part[16] = {0};
-        for (int64_t r = 0; r < rows; r++) {
-            if (dt == BL_F32)
-                for (int64_t j = 0; j < width; j++) part[j] += ((const float *)g)[r * ldg + j0 + j];
-            else
-                for (int64_t j = 0; j < width; j++) part[j] += ((const double *)g)[r * ldg + j0 + j];
-        }
-        for (int64_t j = 0; j < width; j++) acc[j0 + j] += part[j];
+/* acc (N) += the column sums of g (rows, N) with row stride ldg, on the calling thread. Each row
+ * is one vector pass over a tile of float partial sums that stays in L1; every ROW_BLOCK rows the
+ * partial sums are added into acc, in double, so that sums over thousands of rows keep float
+ * precision. */
+#define ROW_BLOCK 64
+#define COLUMN_TILE 1024
+static void add_column_sums(bl_dtype dt, int64_t rows, int64_t N, const void *g, int64_t ldg, double *acc) {
+    if (dt == BL_F64) {
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t j = 0; j < N; j++) acc[j] += ((const double *)g)[r * ldg + j];
+        return;
     }
+    float part[COLUMN_TILE];
+    for (int64_t j0 = 0; j0 < N; j0 += COLUMN_TILE) {
+        int64_t width = N - j0 < COLUMN_TILE ? N - j0 : COLUMN_TILE;
+        for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
+            int64_t r1 = rows - r0 < ROW_BLOCK ? rows : r0 + ROW_BLOCK;
+            memset(part, 0, (size_t)width * sizeof *part);
+            for (int64_t r = r0; r < r1; r++) {
+                const float *row = (const float *)g + r * ldg + j0;
+#pragma omp simd
+                for (int64_t j = 0; j < width; j++) part[j] += row[j];
+            }
+            for (int64_t j = 0; j < width; j++) acc[j0 + j] += part[j];
+        }
+    }
+}
+
+/* The same over all threads: each sums its own share of the rows into its own partial sums,
+ * which are then added up in thread order (so the result does not depend on timing). */
+static int add_column_sums_parallel(bl_dtype dt, int64_t rows, int64_t N, const void *g, int64_t ldg, double *acc) {
+    int threads = thread_count();
+    if (threads < 2 || rows * N < 65536) {
+        add_column_sums(dt, rows, N, g, ldg, acc);
+        return BL_OK;
+    }
+    double *parts = bl_arena_alloc((size_t)(threads * N) * sizeof *parts);
+    if (!parts) return BL_ERR;
+    memset(parts, 0, (size_t)(threads * N) * sizeof *parts);
+    int64_t share = (rows + threads - 1) / threads;
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < threads; t++) {
+        int64_t r0 = share * t, n = rows - r0 < share ? rows - r0 : share;
+        if (n > 0)
+            add_column_sums(dt, n, N, (const char *)g + (size_t)(r0 * ldg) * bl_dtype_size(dt), ldg, parts + t * N);
+    }
+    for (int t = 0; t < threads; t++)
+        for (int64_t j = 0; j < N; j++) acc[j] += parts[t * N + j];
+    return BL_OK;
+}
+
+/* out (rows, n) (=) bias (n, contiguous) in every row; out contiguous. Rows are split over the
+ * threads when `parallel` and there are many. */
+static void broadcast_rows(bl_dtype dt, int64_t rows, int64_t n, const void *bias, void *out, bool parallel) {
+    size_t row_bytes = (size_t)n * bl_dtype_size(dt);
+#pragma omp parallel for schedule(static) if (parallel && (size_t)rows * row_bytes > ((size_t)1 << 20))
+    for (int64_t r = 0; r < rows; r++) memcpy((char *)out + (size_t)r * row_bytes, bias, row_bytes);
 }
 
 /* A zeroed double accumulator of n entries in the arena. */
@@ -331,7 +387,7 @@ static int linear_backward_fused(bl_node *node, bl_tensor *g, bl_tensor **gin) {
     if (dw) gemm_any(x->dtype, true, false, out_features, in_features, rows, rg->data, g_ld, rx->data, x_ld, 0, dw->data,
                      in_features);
     if (db) {
-        add_column_sums(x->dtype, rows, out_features, rg->data, g_ld, db_acc, true);
+        if (add_column_sums_parallel(x->dtype, rows, out_features, rg->data, g_ld, db_acc)) return BL_ERR;
         store_sums(db_acc, db);
     }
     double products = (dx ? 1.0 : 0.0) + (dw ? 1.0 : 0.0);
@@ -379,14 +435,12 @@ bl_tensor *bl_linear(bl_tensor *x, bl_tensor *weight, bl_tensor *bias) {
     int64_t w_ld;
     bl__gemm_operand(rw, &w_trans, &w_ld);
 
+    bl_tensor *rb = contiguous_vector(bias);
+    if (bias && !rb) return NULL;
     double t0 = bl_profile_start();
     /* The bias is written into every row first, and the product accumulates onto it. */
     bool has_bias = bias && rows > 0;
-    if (has_bias) {
-        bl_tensor *out2 = bl__wrap(out->dtype, 2, (int64_t[]){rows, out_features}, out->data);
-        BL_NONNULL(out2);
-        BL_CHECK(bl_copy_(out2, bias) == BL_OK, "bl_linear: could not broadcast bias %s", bl__shape(bias));
-    }
+    if (has_bias) broadcast_rows(out->dtype, rows, out_features, rb->data, out->data, true);
     /* op(B) = W^T: a row-major W is read transposed, a transposed view of W^T as it is. */
     if (out->dtype == BL_F32)
         bl_gemm_f32(false, !w_trans, rows, out_features, in_features, 1.0f, rx->data, x_ld, rw->data, w_ld,
@@ -412,22 +466,6 @@ static int64_t mlp_chunk_rows(int64_t hidden) {
     return rows < 16 ? 16 : rows;
 }
 
-static int thread_count(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-
-static int thread_index(void) {
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
-
 static const bl_unary_args gelu_args = {.op = BL_UNARY_GELU};
 
 /* h (rows, hidden) += bias (or nothing) per row, then a (=) gelu(h). */
@@ -436,6 +474,7 @@ static void bias_gelu(bl_dtype dt, int64_t rows, int64_t hidden, void *h, const 
         if (dt == BL_F32) {
             float *hr = (float *)h + r * hidden;
             if (bias)
+#pragma omp simd
                 for (int64_t j = 0; j < hidden; j++) hr[j] += ((const float *)bias)[j];
             cpu_gelu_f32(hidden, hr, (float *)a + r * hidden);
         } else {
@@ -447,22 +486,30 @@ static void bias_gelu(bl_dtype dt, int64_t rows, int64_t hidden, void *h, const 
     }
 }
 
-/* a (n) (=) gelu(h (n)). */
-static void gelu_values(bl_dtype dt, int64_t n, const void *h, void *a) {
-    if (dt == BL_F32) cpu_gelu_f32(n, h, a);
-    else ref_unary_fwd_f64(&gelu_args, n, h, a);
+/* a (n) (=) gelu(h (n)) when a is not NULL, and d (n) (=) gelu'(h) when d is not NULL. */
+static void gelu_and_derivative(bl_dtype dt, int64_t n, const void *h, void *a, void *d) {
+    if (dt == BL_F32 && a && d) {
+        cpu_gelu_with_derivative_f32(n, h, a, d);
+        return;
+    }
+    if (a && dt == BL_F32) cpu_gelu_f32(n, h, a);
+    if (a && dt == BL_F64) ref_unary_fwd_f64(&gelu_args, n, h, a);
+    if (d && dt == BL_F32) cpu_unary_bwd_f32(&gelu_args, n, h, NULL, NULL, d);
+    if (d && dt == BL_F64) ref_unary_bwd_f64(&gelu_args, n, h, NULL, NULL, d);
 }
 
-/* d (n) *= gelu'(h (n)), in place. */
-static void gelu_backward(bl_dtype dt, int64_t n, const void *h, void *d) {
-    if (dt == BL_F32) cpu_gelu_bwd_f32(n, h, d, d);
-    else ref_unary_bwd_f64(&gelu_args, n, h, NULL, d, d);
-}
-
-/* out (rows, n) (=) bias in every row; out contiguous. */
-static void broadcast_rows(bl_dtype dt, int64_t rows, int64_t n, const void *bias, void *out) {
-    size_t row_bytes = (size_t)n * bl_dtype_size(dt);
-    for (int64_t r = 0; r < rows; r++) memcpy((char *)out + (size_t)r * row_bytes, bias, row_bytes);
+/* d (n) *= s (n). */
+static void scale_elementwise(bl_dtype dt, int64_t n, void *d, const void *s) {
+    if (dt == BL_F32) {
+        float *df = d;
+        const float *sf = s;
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++) df[i] *= sf[i];
+    } else {
+        double *dd = d;
+        const double *sd = s;
+        for (int64_t i = 0; i < n; i++) dd[i] *= sd[i];
+    }
 }
 
 /* The two weights as the GEMM kernels read them. */
@@ -508,7 +555,7 @@ static int mlp_backward_replay(bl_node *node, bl_tensor *g, bl_tensor **gin) {
 
 /* What one thread of the fused backward accumulates over its chunks. */
 typedef struct {
-    char *a, *da;        /* chunk scratch: gelu(h), then the gradient of h */
+    char *a, *slope, *da; /* chunk scratch: gelu(h), gelu'(h), and the gradient of h */
     char *dw1, *dw2;     /* the thread's part of the weight gradients */
     double *db1, *db2;   /* and of the bias gradients */
     bool started;        /* whether dw1/dw2 hold a first chunk's product yet */
@@ -526,12 +573,13 @@ static void sum_arrays(bl_dtype dt, int count, char *const *src, int64_t n, void
     }
 }
 
-/* First order. The rows go in chunks, each on one thread: a = gelu(h) is recomputed, dW2 += g^T a, da = g W2, dh = da * gelu'(h),
- * dW1 += dh^T x, dx = dh W1, and the bias gradients are column sums of g and dh. Weight and bias
- * gradients collect per thread and are summed at the end; the chunks are dealt to the threads in a
- * fixed order (not as threads come free) so that these sums, and with them training, are the same
- * bit for bit from run to run. Every buffer but the gradients is scratch, returned to the arena
- * before the function returns. */
+/* First order. The rows go in chunks, each on one thread: a = gelu(h) and gelu'(h) are recomputed
+ * (in one evaluation), dW2 += g^T a, da = g W2, dh = da * gelu'(h), dW1 += dh^T x, dx = dh W1,
+ * and the bias gradients are column sums of g and dh. Weight and bias gradients collect per thread
+ * and are summed at the end; the chunks are dealt to the threads in a fixed order (not as threads
+ * come free) so that these sums, and with them training, are the same bit for bit from run to
+ * run. Every buffer but the gradients is scratch, returned to the arena before the function
+ * returns. */
 static int mlp_backward_fused(bl_node *node, bl_tensor *g, bl_tensor **gin) {
     bl_tensor *x = node->inputs[0], *w1 = node->inputs[1], *b1 = node->inputs[2], *w2 = node->inputs[3];
     bl_tensor *b2 = node->inputs[4], *h = ((const mlp_ctx *)node->ctx)->h;
@@ -561,12 +609,13 @@ static int mlp_backward_fused(bl_node *node, bl_tensor *g, bl_tensor **gin) {
         mlp_thread_part *p = &parts[t];
         *p = (mlp_thread_part){0};
         p->a = need_a ? bl_arena_alloc((size_t)(chunk * hidden) * elem) : NULL;
+        p->slope = need_dh ? bl_arena_alloc((size_t)(chunk * hidden) * elem) : NULL;
         p->da = need_dh ? bl_arena_alloc((size_t)(chunk * hidden) * elem) : NULL;
         p->dw1 = dw1 ? bl_arena_alloc((size_t)(hidden * in) * elem) : NULL;
         p->dw2 = dw2 ? bl_arena_alloc((size_t)(out * hidden) * elem) : NULL;
         p->db1 = want_b1 ? zeroed_sums(hidden) : NULL;
         p->db2 = want_b2 ? zeroed_sums(out) : NULL;
-        if ((need_a && !p->a) || (need_dh && !p->da) || (dw1 && !p->dw1) || (dw2 && !p->dw2) ||
+        if ((need_a && !p->a) || (need_dh && (!p->slope || !p->da)) || (dw1 && !p->dw1) || (dw2 && !p->dw2) ||
             (want_b1 && !p->db1) || (want_b2 && !p->db2))
             rc = BL_ERR;
     }
@@ -579,18 +628,16 @@ static int mlp_backward_fused(bl_node *node, bl_tensor *g, bl_tensor **gin) {
             const char *gc = (const char *)rg->data + (size_t)(r0 * g_ld) * elem;
             double beta = p->started ? 1.0 : 0.0; /* weight gradients accumulate over the chunks */
             p->started = true;
-            if (need_a) {
-                gelu_values(dt, n * hidden, hc, p->a);
-                gemm_any(dt, true, false, out, hidden, n, gc, g_ld, p->a, hidden, beta, p->dw2, hidden);
-            }
-            if (want_b2) add_column_sums(dt, n, out, gc, g_ld, p->db2, false);
+            gelu_and_derivative(dt, n * hidden, hc, p->a, p->slope);
+            if (need_a) gemm_any(dt, true, false, out, hidden, n, gc, g_ld, p->a, hidden, beta, p->dw2, hidden);
+            if (want_b2) add_column_sums(dt, n, out, gc, g_ld, p->db2);
             if (need_dh) {
                 gemm_any(dt, false, mw.w2_trans, n, hidden, out, gc, g_ld, mw.w2->data, mw.w2_ld, 0, p->da, hidden);
-                gelu_backward(dt, n * hidden, hc, p->da);
+                scale_elementwise(dt, n * hidden, p->da, p->slope);
                 if (dw1)
                     gemm_any(dt, true, false, hidden, in, n, p->da, hidden,
                              (const char *)rx->data + (size_t)(r0 * x_ld) * elem, x_ld, beta, p->dw1, in);
-                if (want_b1) add_column_sums(dt, n, hidden, p->da, hidden, p->db1, false);
+                if (want_b1) add_column_sums(dt, n, hidden, p->da, hidden, p->db1);
                 if (dx)
                     gemm_any(dt, false, mw.w1_trans, n, in, hidden, p->da, hidden, mw.w1->data, mw.w1_ld, 0,
                              (char *)dx->data + (size_t)(r0 * in) * elem, in);
@@ -681,7 +728,7 @@ bl_tensor *bl__mlp_gelu(bl_tensor *x, bl_tensor *w1, bl_tensor *b1, bl_tensor *w
                      mw.w1->data, mw.w1_ld, 0, hc, hidden);
             bias_gelu(dt, n, hidden, hc, rb1 ? rb1->data : NULL, a + mine);
             /* fc2's bias is written first and the product accumulates onto it */
-            if (rb2) broadcast_rows(dt, n, out, rb2->data, yc);
+            if (rb2) broadcast_rows(dt, n, out, rb2->data, yc, false);
             gemm_any(dt, false, !mw.w2_trans, n, out, hidden, a + mine, hidden, mw.w2->data, mw.w2_ld, rb2 ? 1.0 : 0.0,
                      yc, out);
         }

@@ -3,15 +3,18 @@
  * Kernels view the contiguous input as (outer, D, inner) and normalize along D. Reference kernels
  * (float and double, any inner) are plain loops; they are the F64 path and the F32 path for
  * inner > 1. The common F32 case, the last dim (inner == 1), has fused row kernels: one pass for
- * the max, one that exponentiates and sums (8 lanes at a time with a polynomial exp), one that
- * scales. Rows are spread over threads.
+ * the max, one that exponentiates and sums (16 lanes at a time with the polynomial exp of
+ * backend/cpu/vec_math.h), one that scales. Rows are spread over threads.
  *
  * Backward, with y the op's output and g its gradient:
  *   softmax:     dx = y * (g - sum_D(g * y))
  *   log_softmax: dx = g - softmax(x) * sum_D(g)      (softmax(x) = exp(y))
  * Under create_graph these are built from ops (so they differentiate again); otherwise a fused
- * kernel computes them in one sweep per row. */
+ * kernel computes them in one sweep per row. The kernels report to the profiler as
+ * "(log_)softmax.fwd" and "(log_)softmax.bwd" (no FLOPs counted: they are bound by memory). */
+#include "backend/cpu/vec_math.h"
 #include "ballast/ops.h"
+#include "ballast/profile.h"
 #include "core/internal.h"
 #include "ops/dense.h"
 
@@ -65,79 +68,39 @@ void ref_softmax_bwd_rows_f64(int64_t rows, int64_t D, const double *y, const do
     ref_softmax_bwd_f64(rows, D, 1, y, g, dx, false);
 }
 
-/* ---- fast F32 row kernels (inner == 1) --------------------------------------------------------- */
+/* ---- fast F32 row kernels (inner == 1), 16 lanes at a time (backend/cpu/vec_math.h) ----------- */
 
-typedef float v8f __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
-typedef float v8f_unaligned __attribute__((vector_size(32), aligned(4)));
-
-static inline v8f select_v8f(v8i mask, v8f if_true, v8f if_false) {
-    return (v8f)((mask & (v8i)if_true) | (~mask & (v8i)if_false));
-}
-
-/* e^x in 8 lanes, within 2 ulp: x = n ln2 + r with |r| <= ln2/2, e^r by a degree-6 polynomial
- * (Cephes' expf coefficients), 2^n built in the exponent bits. Below the smallest normal float
- * (including -inf) the result is 0, above the largest it is inf, and NaN stays NaN. */
-static inline v8f exp_v8f(v8f x) {
-    const float lowest = -87.33654f, highest = 88.37626f;
-    v8i underflow = x < lowest, overflow = x > highest;
-    v8f clamped = select_v8f(underflow, (v8f){0} + lowest, select_v8f(overflow, (v8f){0} + highest, x));
-    /* Adding and subtracting 1.5 * 2^23 rounds to the nearest integer. */
-    const float round_magic = 12582912.0f;
-    v8f n = (clamped * 1.44269504088896341f + round_magic) - round_magic;
-    v8f r = clamped - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    v8f p = (v8f){0} + 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    v8i two_to_n = (__builtin_convertvector(n, v8i) + 127) << 23;
-    v8f result = p * (v8f)two_to_n;
-    result = select_v8f(overflow, (v8f){0} + INFINITY, result);
-    return select_v8f(underflow, (v8f){0}, result);
-}
-
-static inline float sum_lanes(v8f v) {
+static inline float sum_lanes(v16f v) {
     float s = 0;
-    for (int i = 0; i < 8; i++) s += v[i];
+    for (int i = 0; i < 16; i++) s += v[i];
     return s;
 }
 
-/* The first n (< 8) floats of p in a vector, the other lanes `fill`. */
-static inline v8f load_partial(const float *p, int64_t n, float fill) {
-    v8f v = (v8f){0} + fill;
-    memcpy(&v, p, (size_t)n * sizeof *p);
-    return v;
-}
-
 static float row_max(const float *x, int64_t D) {
-    v8f m = (v8f){0} - INFINITY;
+    v16f m = V16(-INFINITY);
     int64_t j = 0;
-    for (; j + 8 <= D; j += 8) {
-        v8f v = *(const v8f_unaligned *)(x + j);
-        m = select_v8f(v > m, v, m);
+    for (; j + 16 <= D; j += 16) {
+        v16f v = v16_load(x + j);
+        m = v16_select(v > m, v, m);
     }
     float max = -INFINITY;
-    for (int i = 0; i < 8; i++) max = m[i] > max ? m[i] : max;
+    for (int i = 0; i < 16; i++) max = m[i] > max ? m[i] : max;
     for (; j < D; j++) max = x[j] > max ? x[j] : max;
     return max;
 }
 
 /* sum_j e^(x_j - shift); also writes the exponentials to e when e is not NULL. */
 static float exp_sum(const float *x, int64_t D, float shift, float *e) {
-    v8f sum = (v8f){0};
+    v16f sum = V16(0);
     int64_t j = 0;
-    for (; j + 8 <= D; j += 8) {
-        v8f v = exp_v8f(*(const v8f_unaligned *)(x + j) - shift);
-        if (e) *(v8f_unaligned *)(e + j) = v;
+    for (; j + 16 <= D; j += 16) {
+        v16f v = v16_exp(v16_load(x + j) - shift);
+        if (e) v16_store(e + j, v);
         sum += v;
     }
     if (j < D) { /* padding lanes hold -inf, whose exponential is 0 */
-        v8f v = exp_v8f(load_partial(x + j, D - j, -INFINITY) - shift);
-        if (e) memcpy(e + j, &v, (size_t)(D - j) * sizeof *e);
+        v16f v = v16_exp(v16_load_partial(x + j, D - j, -INFINITY) - shift);
+        if (e) v16_store_partial(e + j, D - j, v);
         sum += v;
     }
     return sum_lanes(sum);
@@ -149,7 +112,7 @@ void cpu_softmax_rows_f32(int64_t rows, int64_t D, const float *x, float *y) {
     for (int64_t r = 0; r < rows; r++, x += D, y += D) {
         float inv_sum = 1.0f / exp_sum(x, D, row_max(x, D), y);
         int64_t j = 0;
-        for (; j + 8 <= D; j += 8) *(v8f_unaligned *)(y + j) *= inv_sum;
+        for (; j + 16 <= D; j += 16) v16_store(y + j, v16_load(y + j) * inv_sum);
         for (; j < D; j++) y[j] *= inv_sum;
     }
 }
@@ -159,7 +122,7 @@ static void cpu_log_softmax_rows_f32(int64_t rows, int64_t D, const float *x, fl
         float max = row_max(x, D), log_sum = logf(exp_sum(x, D, max, NULL));
         /* (x - max) first: it is exact for the large entries, where max + log_sum would round. */
         int64_t j = 0;
-        for (; j + 8 <= D; j += 8) *(v8f_unaligned *)(y + j) = (*(const v8f_unaligned *)(x + j) - max) - log_sum;
+        for (; j + 16 <= D; j += 16) v16_store(y + j, (v16_load(x + j) - max) - log_sum);
         for (; j < D; j++) y[j] = (x[j] - max) - log_sum;
     }
 }
@@ -167,13 +130,12 @@ static void cpu_log_softmax_rows_f32(int64_t rows, int64_t D, const float *x, fl
 /* dx (rows, D) = y * (g - sum(g * y)) per row; dx may alias g. */
 void cpu_softmax_bwd_rows_f32(int64_t rows, int64_t D, const float *y, const float *g, float *dx) {
     for (int64_t r = 0; r < rows; r++, y += D, g += D, dx += D) {
-        v8f acc = (v8f){0};
+        v16f acc = V16(0);
         int64_t j = 0;
-        for (; j + 8 <= D; j += 8) acc += *(const v8f_unaligned *)(g + j) * *(const v8f_unaligned *)(y + j);
+        for (; j + 16 <= D; j += 16) acc += v16_load(g + j) * v16_load(y + j);
         float dot = sum_lanes(acc);
         for (; j < D; j++) dot += g[j] * y[j];
-        for (j = 0; j + 8 <= D; j += 8)
-            *(v8f_unaligned *)(dx + j) = *(const v8f_unaligned *)(y + j) * (*(const v8f_unaligned *)(g + j) - dot);
+        for (j = 0; j + 16 <= D; j += 16) v16_store(dx + j, v16_load(y + j) * (v16_load(g + j) - dot));
         for (; j < D; j++) dx[j] = y[j] * (g[j] - dot);
     }
 }
@@ -181,16 +143,15 @@ void cpu_softmax_bwd_rows_f32(int64_t rows, int64_t D, const float *y, const flo
 /* dx (rows, D) = g - e^y * sum(g) per row. */
 static void cpu_log_softmax_bwd_rows_f32(int64_t rows, int64_t D, const float *y, const float *g, float *dx) {
     for (int64_t r = 0; r < rows; r++, y += D, g += D, dx += D) {
-        v8f acc = (v8f){0};
+        v16f acc = V16(0);
         int64_t j = 0;
-        for (; j + 8 <= D; j += 8) acc += *(const v8f_unaligned *)(g + j);
+        for (; j + 16 <= D; j += 16) acc += v16_load(g + j);
         float total = sum_lanes(acc);
         for (; j < D; j++) total += g[j];
-        for (j = 0; j + 8 <= D; j += 8)
-            *(v8f_unaligned *)(dx + j) = *(const v8f_unaligned *)(g + j) - exp_v8f(*(const v8f_unaligned *)(y + j)) * total;
+        for (j = 0; j + 16 <= D; j += 16) v16_store(dx + j, v16_load(g + j) - v16_exp(v16_load(y + j)) * total);
         if (j < D) {
-            v8f v = load_partial(g + j, D - j, 0) - exp_v8f(load_partial(y + j, D - j, 0)) * total;
-            memcpy(dx + j, &v, (size_t)(D - j) * sizeof *dx);
+            v16f v = v16_load_partial(g + j, D - j, 0) - v16_exp(v16_load_partial(y + j, D - j, 0)) * total;
+            v16_store_partial(dx + j, D - j, v);
         }
     }
 }
@@ -272,7 +233,9 @@ static int softmax_backward(bl_node *node, bl_tensor *g, bl_tensor **gin) {
     if (!bl_grad_enabled()) {
         bl_tensor *gc = contiguous_no_grad(g), *dx = bl_empty_like(y);
         if (!gc || !dx) return BL_ERR;
+        double t0 = bl_profile_start();
         softmax_backward_kernel(layout_of(y, ctx->dim), y->dtype, y->data, gc->data, dx->data, ctx->log_space);
+        bl_profile_stop(ctx->log_space ? "log_softmax.bwd" : "softmax.bwd", t0, 0);
         gin[0] = dx;
         return BL_OK;
     }
@@ -293,7 +256,9 @@ static bl_tensor *softmax_op(bl_tensor *x, int dim, bool log_space) {
     int d = dim < 0 ? dim + n_dims : dim;
     bl_tensor *xc = contiguous_no_grad(x), *y = bl_empty(x->dtype, x->ndim, x->shape);
     BL_NONNULL(xc, y);
+    double t0 = bl_profile_start();
     softmax_forward_kernel(layout_of(x, d), x->dtype, xc->data, y->data, log_space);
+    bl_profile_stop(log_space ? "log_softmax.fwd" : "softmax.fwd", t0, 0);
     bl_tensor *in[1] = {x};
     if (bl_autograd_needed(1, in)) {
         bl_node *node = bl_autograd_record(y, name, softmax_backward, 1, in, sizeof(softmax_ctx));

@@ -1,12 +1,14 @@
 /* Elementwise unary ops (neg, exp, log, sqrt, abs, sign, the activations and clamp). Each reads
  * its input as dense values (contiguous or channels last; a strided input is copied once), maps
- * them through the reference kernel into a new tensor of the same order and records a node. A first-order backward calls the kernel's
- * fused derivative; with create_graph it builds the gradient from ops instead, so that the gradient
- * can itself be differentiated. */
+ * them through the kernel (F32: the vectorized CPU kernels; F64: the reference ones) into a new
+ * tensor of the same order and records a node. A first-order backward calls the kernel's fused
+ * derivative; with create_graph it builds the gradient from ops instead, so that the gradient can
+ * itself be differentiated. */
 #include "ballast/ops.h"
 #include "ballast/profile.h"
 
 #include "backend/cpu/layout.h"
+#include "backend/cpu/unary.h"
 #include "backend/ref/ref_unary.h"
 #include "core/internal.h"
 
@@ -45,8 +47,8 @@ static bl_tensor *run_kernel(const bl_unary_args *args, bool derivative, bl_tens
     int64_t n = bl_numel(x);
     const void *g = dy ? dy->data : NULL;
     if (x->dtype == BL_F32) {
-        if (derivative) ref_unary_bwd_f32(args, n, x->data, y->data, g, out->data);
-        else ref_unary_fwd_f32(args, n, x->data, out->data);
+        if (derivative) cpu_unary_bwd_f32(args, n, x->data, y->data, g, out->data);
+        else cpu_unary_fwd_f32(args, n, x->data, out->data);
     } else {
         if (derivative) ref_unary_bwd_f64(args, n, x->data, y->data, g, out->data);
         else ref_unary_fwd_f64(args, n, x->data, out->data);

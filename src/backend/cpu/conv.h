@@ -77,6 +77,12 @@ int onednn_conv2d_nhwc_fwd_f32(const bl_conv_geom *g, float *y, const float *x, 
 int onednn_conv2d_nhwc_bwd_prepare(const bl_conv_geom *g, bool with_bias, size_t *workspace);
 int onednn_conv2d_nhwc_bwd_f32(const bl_conv_geom *g, float *dx, float *dw, float *db, const float *dy,
                                const float *w, const float *x, void *work);
+/* Inference only, channels last: y = act(conv(x, w) + bias + residual) in one pass, act ReLU when
+ * `relu`, residual (N, OH, OW, O) or NULL; bias (O) is required (a folded batch norm's shift). The
+ * prepare function returns BL_ERR, without an error, when oneDNN has no fast kernel for it. */
+int onednn_conv2d_nhwc_fused_prepare(const bl_conv_geom *g, bool residual, bool relu, size_t *workspace);
+int onednn_conv2d_nhwc_fused_f32(const bl_conv_geom *g, float *y, const float *x, const float *w, const float *bias,
+                                 const float *residual, bool relu, void *work);
 /* Frees every cached primitive (for leak checkers and tests). */
 void onednn_conv_release_all(void);
 #endif

@@ -458,35 +458,11 @@ static void add_slices(double *scratch, int64_t C, int T) {
         for (int64_t j = 0; j < 2 * C; j++) scratch[j] += scratch[(size_t)t * 2 * (size_t)C + (size_t)j];
 }
 
-static void bn_act_fwd_rows(const cpu_bn_act_args *a, const float *x, const float *weight, const float *bias,
-                            const float *residual, float *mean, float *var, float *invstd, float *y,
-                            double *scratch) {
-    const int64_t C = a->bn.C, M = a->bn.N * a->bn.S;
-    const bool parallel = M * C >= PARALLEL_MIN;
-    float *scale = (float *)(scratch + (size_t)max_threads() * 2 * (size_t)C), *offset = scale + C;
-    int T = 1;
-    if (a->bn.training) {
-        /* Deviations from the first row, which every thread shares, avoid cancellation. */
-#pragma omp parallel if (parallel)
-        {
-            const int t = thread_index();
-            if (t == 0) T = team_size();
-            double *sum = scratch + (size_t)t * 2 * (size_t)C;
-            memset(sum, 0, 2 * (size_t)C * sizeof *sum);
-            int64_t r0, r1;
-            thread_rows(M, t, team_size(), &r0, &r1);
-            rows_moments(x, C, r0, r1, x, sum, sum + C);
-        }
-        add_slices(scratch, C, T);
-        for (int64_t c = 0; c < C; c++) channel_stats(scratch[c], scratch[C + c], (double)M, x[c], &mean[c], &var[c]);
-    }
-    for (int64_t c = 0; c < C; c++) {
-        invstd[c] = (float)(1.0 / sqrt((double)var[c] + a->bn.eps));
-        scale[c] = invstd[c] * (weight ? weight[c] : 1.0f);
-        offset[c] = bias ? bias[c] : 0.0f;
-    }
-#pragma omp parallel for schedule(static) if (parallel)
-    for (int64_t r = 0; r < M; r++) {
+/* y rows [r0, r1) = act((x - mean) * scale + offset + residual). */
+static void normalize_rows(const cpu_bn_act_args *a, int64_t r0, int64_t r1, const float *x, const float *residual,
+                           const float *mean, const float *scale, const float *offset, float *y) {
+    const int64_t C = a->bn.C;
+    for (int64_t r = r0; r < r1; r++) {
         const float *xr = x + r * C, *rr = residual ? residual + r * C : NULL;
         float *yr = y + r * C;
         if (rr) {
@@ -500,42 +476,49 @@ static void bn_act_fwd_rows(const cpu_bn_act_args *a, const float *x, const floa
     }
 }
 
-static void bn_act_bwd_rows(const cpu_bn_act_args *a, const float *g, const float *x, const float *y,
-                            const float *mean, const float *invstd, const float *weight, float *dx, float *dweight,
-                            float *dbias, float *dresidual, double *scratch) {
+/* One parallel region: each thread sums its rows, one thread combines the sums into the
+ * statistics and the per-channel constants, and each thread normalizes its rows (the ones it just
+ * read, so they are still in cache when they fit). */
+static void bn_act_fwd_rows(const cpu_bn_act_args *a, const float *x, const float *weight, const float *bias,
+                            const float *residual, float *mean, float *var, float *invstd, float *y,
+                            double *scratch) {
     const int64_t C = a->bn.C, M = a->bn.N * a->bn.S;
-    const bool parallel = M * C >= PARALLEL_MIN;
-    const float *mask = a->relu ? y : NULL;
-    float *col_k = (float *)(scratch + (size_t)max_threads() * 2 * (size_t)C), *col_mean_g = col_k + C,
-          *col_coef = col_mean_g + C;
-    int T = 1;
-    if (a->bn.training || dweight || dbias) {
-#pragma omp parallel if (parallel)
-        {
-            const int t = thread_index();
-            if (t == 0) T = team_size();
+    float *scale = (float *)(scratch + (size_t)max_threads() * 2 * (size_t)C), *offset = scale + C;
+#pragma omp parallel if (M * C >= PARALLEL_MIN)
+    {
+        const int t = thread_index(), T = team_size();
+        int64_t r0, r1;
+        thread_rows(M, t, T, &r0, &r1);
+        if (a->bn.training) {
+            /* Deviations from the first row, which every thread shares, avoid cancellation. */
             double *sum = scratch + (size_t)t * 2 * (size_t)C;
             memset(sum, 0, 2 * (size_t)C * sizeof *sum);
-            int64_t r0, r1;
-            thread_rows(M, t, team_size(), &r0, &r1);
-            rows_grad_moments(g, mask, x, C, r0, r1, mean, sum, sum + C);
+            rows_moments(x, C, r0, r1, x, sum, sum + C);
+#pragma omp barrier
         }
-        add_slices(scratch, C, T);
-    } else {
-        memset(scratch, 0, 2 * (size_t)C * sizeof *scratch);
+#pragma omp single
+        {
+            if (a->bn.training) {
+                add_slices(scratch, C, T);
+                for (int64_t c = 0; c < C; c++)
+                    channel_stats(scratch[c], scratch[C + c], (double)M, x[c], &mean[c], &var[c]);
+            }
+            for (int64_t c = 0; c < C; c++) {
+                invstd[c] = (float)(1.0 / sqrt((double)var[c] + a->bn.eps));
+                scale[c] = invstd[c] * (weight ? weight[c] : 1.0f);
+                offset[c] = bias ? bias[c] : 0.0f;
+            }
+        }
+        normalize_rows(a, r0, r1, x, residual, mean, scale, offset, y);
     }
-    for (int64_t c = 0; c < C; c++) {
-        if (dweight) dweight[c] = (float)(scratch[C + c] * invstd[c]);
-        if (dbias) dbias[c] = (float)scratch[c];
-        const channel_grad cg =
-            batch_norm_channel_grad(&a->bn, scratch[c], scratch[C + c], invstd[c], weight ? weight[c] : 1.0f);
-        col_k[c] = cg.k;
-        col_mean_g[c] = cg.mean_g;
-        col_coef[c] = cg.coef;
-    }
-    if (!dx && !dresidual) return;
-#pragma omp parallel for schedule(static) if (parallel)
-    for (int64_t r = 0; r < M; r++) {
+}
+
+/* Gradient rows [r0, r1): dresidual = gz (when asked), dx from the per-channel constants. */
+static void grad_rows(const cpu_bn_act_args *a, int64_t r0, int64_t r1, const float *g, const float *mask,
+                      const float *x, const float *mean, const float *col_k, const float *col_mean_g,
+                      const float *col_coef, float *dx, float *dresidual) {
+    const int64_t C = a->bn.C;
+    for (int64_t r = r0; r < r1; r++) {
         const int64_t at = r * C;
         const float *gr = g + at, *xr = x + at, *mr = mask ? mask + at : NULL;
         float *dr = dx ? dx + at : NULL, *rr = dresidual ? dresidual + at : NULL;
@@ -554,8 +537,47 @@ static void bn_act_bwd_rows(const cpu_bn_act_args *a, const float *g, const floa
             }
         } else {
 #pragma omp simd
-            for (int64_t c = 0; c < C; c++) dr[c] = col_k[c] * (gr[c] - col_mean_g[c] - (xr[c] - mean[c]) * col_coef[c]);
+            for (int64_t c = 0; c < C; c++)
+                dr[c] = col_k[c] * (gr[c] - col_mean_g[c] - (xr[c] - mean[c]) * col_coef[c]);
         }
+    }
+}
+
+/* One parallel region, as the forward: sums, one thread's combination, then each thread's rows. */
+static void bn_act_bwd_rows(const cpu_bn_act_args *a, const float *g, const float *x, const float *y,
+                            const float *mean, const float *invstd, const float *weight, float *dx, float *dweight,
+                            float *dbias, float *dresidual, double *scratch) {
+    const int64_t C = a->bn.C, M = a->bn.N * a->bn.S;
+    const float *mask = a->relu ? y : NULL;
+    const bool sums = a->bn.training || dweight || dbias;
+    float *col_k = (float *)(scratch + (size_t)max_threads() * 2 * (size_t)C), *col_mean_g = col_k + C,
+          *col_coef = col_mean_g + C;
+#pragma omp parallel if (M * C >= PARALLEL_MIN)
+    {
+        const int t = thread_index(), T = team_size();
+        int64_t r0, r1;
+        thread_rows(M, t, T, &r0, &r1);
+        if (sums) {
+            double *sum = scratch + (size_t)t * 2 * (size_t)C;
+            memset(sum, 0, 2 * (size_t)C * sizeof *sum);
+            rows_grad_moments(g, mask, x, C, r0, r1, mean, sum, sum + C);
+#pragma omp barrier
+        }
+#pragma omp single
+        {
+            if (sums) add_slices(scratch, C, T);
+            for (int64_t c = 0; c < C; c++) {
+                const double sum_g = sums ? scratch[c] : 0.0, sum_g_xc = sums ? scratch[C + c] : 0.0;
+                if (dweight) dweight[c] = (float)(sum_g_xc * invstd[c]);
+                if (dbias) dbias[c] = (float)sum_g;
+                const channel_grad cg =
+                    batch_norm_channel_grad(&a->bn, sum_g, sum_g_xc, invstd[c], weight ? weight[c] : 1.0f);
+                col_k[c] = cg.k;
+                col_mean_g[c] = cg.mean_g;
+                col_coef[c] = cg.coef;
+            }
+        }
+        if (dx || dresidual) grad_rows(a, r0, r1, g, mask, x, mean, col_k, col_mean_g, col_coef, dx, dresidual);
     }
 }
 

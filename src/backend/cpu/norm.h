@@ -1,6 +1,6 @@
 /* Fast F32 batch norm and layer norm kernels: one pass for the statistics, OpenMP over channels
- * or rows of channels-last memory (batch norm) or rows (layer norm), vectorised inner loops. Same contracts as the reference
- * kernels in backend/ref/ref_norm.h, which are their test oracle. */
+ * or rows of channels-last memory (batch norm) or rows (layer norm), vectorised inner loops. Same
+ * contracts as the reference kernels in backend/ref/ref_norm.h, which are their test oracle. */
 #ifndef BALLAST_CPU_NORM_H
 #define BALLAST_CPU_NORM_H
 

@@ -21,7 +21,7 @@
 #include <string.h>
 
 #define CACHE_CAP 256
-#define MAX_SLOTS 4
+#define MAX_SLOTS 5
 #define BUFFER_ALIGN 64
 
 /* Compared with memcmp, so always built from a zeroed struct. */
@@ -30,7 +30,13 @@ typedef struct {
     int64_t pass;
     int64_t with_bias;
     int64_t channels_last; /* activations NHWC in the caller's memory and in the primitive's */
+    int64_t epilogue;      /* an inference forward with EPILOGUE_* steps after the convolution */
 } entry_key;
+
+/* Steps an inference forward runs on its output before writing it: y = act(conv + bias + residual). */
+enum { EPILOGUE_INFERENCE = 1, EPILOGUE_RESIDUAL = 2, EPILOGUE_RELU = 4 };
+/* The residual's argument: the source of the first post-op (a binary add). */
+#define ARG_RESIDUAL (DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1)
 
 /* One primitive argument: the caller's memory in the plain layout and, when the primitive wants
  * another layout, a reordered copy in the workspace. */
@@ -146,6 +152,7 @@ static entry *build_entry(const entry_key *key) {
     const bl_conv_geom *g = &key->geom;
     entry *e = calloc(1, sizeof *e);
     dnnl_primitive_attr_t attr = NULL;
+    dnnl_post_ops_t post_ops = NULL;
     dnnl_primitive_desc_t fwd_pd = NULL, pd = NULL;
     if (!e) return NULL;
     e->key = *key;
@@ -182,11 +189,20 @@ static entry *build_entry(const entry_key *key) {
 
     DNNL_TRY(dnnl_primitive_attr_create(&attr));
     DNNL_TRY(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user));
+    if (key->epilogue & (EPILOGUE_RESIDUAL | EPILOGUE_RELU)) {
+        DNNL_TRY(dnnl_post_ops_create(&post_ops));
+        if (key->epilogue & EPILOGUE_RESIDUAL)
+            DNNL_TRY(dnnl_post_ops_append_binary(post_ops, dnnl_binary_add, &dst_user));
+        if (key->epilogue & EPILOGUE_RELU)
+            DNNL_TRY(dnnl_post_ops_append_eltwise(post_ops, 1.0f, dnnl_eltwise_relu, 0, 0));
+        DNNL_TRY(dnnl_primitive_attr_set_post_ops(attr, post_ops));
+    }
 
     /* The forward descriptor is also the backward passes' hint; it must match their bias. */
     bool fwd_bias = key->with_bias && key->pass != BL_CONV_BWD_DATA;
     dnnl_convolution_desc_t fwd_desc, desc;
-    DNNL_TRY(dnnl_dilated_convolution_forward_desc_init(&fwd_desc, dnnl_forward_training, dnnl_convolution_direct,
+    const dnnl_prop_kind_t prop = key->epilogue ? dnnl_forward_inference : dnnl_forward_training;
+    DNNL_TRY(dnnl_dilated_convolution_forward_desc_init(&fwd_desc, prop, dnnl_convolution_direct,
                                                          &src_any, &w_any, fwd_bias ? &bias_md : NULL, &dst_any,
                                                          strides, dilates, pad_l, pad_r));
     DNNL_TRY(dnnl_primitive_desc_create(&fwd_pd, &fwd_desc, attr, cache.engine, NULL));
@@ -207,6 +223,7 @@ static entry *build_entry(const entry_key *key) {
         if (key->with_bias)
             SLOT(DNNL_ARG_BIAS, false, bias_md, dnnl_query_weights_md, 1);
         SLOT(DNNL_ARG_DST, true, dst_user, dnnl_query_dst_md, 0);
+        if (key->epilogue & EPILOGUE_RESIDUAL) SLOT(ARG_RESIDUAL, false, dst_user, dnnl_query_dst_md, 0);
         break;
     case BL_CONV_BWD_DATA:
         DNNL_TRY(dnnl_dilated_convolution_backward_data_desc_init(&desc, dnnl_convolution_direct, &src_any, &w_any,
@@ -245,32 +262,28 @@ static entry *build_entry(const entry_key *key) {
     dnnl_primitive_desc_destroy(pd);
     if (fwd_pd) dnnl_primitive_desc_destroy(fwd_pd);
     dnnl_primitive_attr_destroy(attr);
+    if (post_ops) dnnl_post_ops_destroy(post_ops);
     return e;
 fail:
     if (pd) dnnl_primitive_desc_destroy(pd);
     if (fwd_pd) dnnl_primitive_desc_destroy(fwd_pd);
     if (attr) dnnl_primitive_attr_destroy(attr);
+    if (post_ops) dnnl_post_ops_destroy(post_ops);
     destroy_entry(e);
     return NULL;
 }
 
-/* The cached entry of (g, pass, bias, layout), built on first use; NULL when oneDNN declines it.
- * A declined key is cached too (an entry without a primitive), so it is not retried every call. */
-static entry *find_or_build(const bl_conv_geom *g, bl_conv_pass pass, bool with_bias, bool channels_last) {
-    entry_key key;
-    memset(&key, 0, sizeof key);
-    key.geom = *g;
-    key.pass = pass;
-    key.with_bias = with_bias;
-    key.channels_last = channels_last;
+/* The cached entry of `key`, built on first use; NULL when oneDNN declines it. A declined key is
+ * cached too (an entry without a primitive), so it is not retried every call. */
+static entry *find_keyed(const entry_key *key) {
     for (int i = 0; i < cache.count; i++)
-        if (!memcmp(&cache.entries[i]->key, &key, sizeof key)) return cache.entries[i]->conv ? cache.entries[i] : NULL;
+        if (!memcmp(&cache.entries[i]->key, key, sizeof *key)) return cache.entries[i]->conv ? cache.entries[i] : NULL;
     if (ensure_engine() != BL_OK) return NULL;
-    entry *e = build_entry(&key);
+    entry *e = build_entry(key);
     if (!e) {
         e = calloc(1, sizeof *e);
         if (!e) return NULL;
-        e->key = key;
+        e->key = *key;
     }
     if (cache.count < CACHE_CAP) {
         cache.entries[cache.count++] = e;
@@ -280,6 +293,17 @@ static entry *find_or_build(const bl_conv_geom *g, bl_conv_pass pass, bool with_
         cache.next_victim = (cache.next_victim + 1) % CACHE_CAP;
     }
     return e->conv ? e : NULL;
+}
+
+/* The entry of one pass of g (no epilogue). */
+static entry *find_or_build(const bl_conv_geom *g, bl_conv_pass pass, bool with_bias, bool channels_last) {
+    entry_key key;
+    memset(&key, 0, sizeof key);
+    key.geom = *g;
+    key.pass = pass;
+    key.with_bias = with_bias;
+    key.channels_last = channels_last;
+    return find_keyed(&key);
 }
 
 int onednn_conv2d_prepare(const bl_conv_geom *g, bl_conv_pass pass, bool with_bias, size_t *workspace) {
@@ -503,6 +527,40 @@ int onednn_conv2d_nhwc_bwd_f32(const bl_conv_geom *g, float *dx, float *dw, floa
                        {DNNL_ARG_DIFF_WEIGHTS, dw, NULL, false},
                        {DNNL_ARG_DIFF_BIAS, db, NULL, false}};
     return weight ? run(weight, db ? 4 : 3, b, work) : BL_ERR;
+}
+
+/* The inference forward with its epilogue (channels last, with a bias). */
+static entry *fused_entry(const bl_conv_geom *g, bool residual, bool relu) {
+    entry_key key;
+    memset(&key, 0, sizeof key);
+    key.geom = *g;
+    key.pass = BL_CONV_FWD;
+    key.with_bias = true;
+    key.channels_last = true;
+    key.epilogue = EPILOGUE_INFERENCE | (residual ? EPILOGUE_RESIDUAL : 0) | (relu ? EPILOGUE_RELU : 0);
+    return find_keyed(&key);
+}
+
+int onednn_conv2d_nhwc_fused_prepare(const bl_conv_geom *g, bool residual, bool relu, size_t *workspace) {
+    entry *e = fused_entry(g, residual, relu);
+    if (!e) return BL_ERR;
+    *workspace = e->workspace;
+    return BL_OK;
+}
+
+int onednn_conv2d_nhwc_fused_f32(const bl_conv_geom *g, float *y, const float *x, const float *w, const float *bias,
+                                 const float *residual, bool relu, void *work) {
+    entry *e = fused_entry(g, residual != NULL, relu);
+    if (!e) {
+        bl_set_error("conv2d: oneDNN has no fused inference primitive for this convolution");
+        return BL_ERR;
+    }
+    arg_buffer b[5] = {{DNNL_ARG_SRC, (void *)x, NULL, false},
+                       {DNNL_ARG_WEIGHTS, (void *)w, NULL, false},
+                       {DNNL_ARG_BIAS, (void *)bias, NULL, false},
+                       {DNNL_ARG_DST, y, NULL, false},
+                       {ARG_RESIDUAL, (void *)residual, NULL, false}};
+    return run(e, residual ? 5 : 4, b, work);
 }
 
 void onednn_conv_release_all(void) {

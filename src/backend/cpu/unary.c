@@ -104,6 +104,17 @@ void cpu_unary_bwd_f32(const bl_unary_args *args, int64_t n, const float *x, con
 
 void cpu_gelu_f32(int64_t n, const float *x, float *y) { forward_slice(BL_UNARY_GELU, n, x, y); }
 
-void cpu_gelu_bwd_f32(int64_t n, const float *x, const float *dy, float *dx) {
-    backward_slice(BL_UNARY_GELU, n, x, dy, dx);
+void cpu_gelu_with_derivative_f32(int64_t n, const float *x, float *y, float *dy_dx) {
+    int64_t i = 0;
+    v16f density;
+    for (; i + 16 <= n; i += 16) {
+        v16f v = v16_load(x + i), cdf = v16_normal_cdf(v, &density);
+        v16_store(y + i, v * cdf);
+        v16_store(dy_dx + i, cdf + v * density);
+    }
+    if (i < n) {
+        v16f v = v16_load_partial(x + i, n - i, 0.0f), cdf = v16_normal_cdf(v, &density);
+        v16_store_partial(y + i, n - i, v * cdf);
+        v16_store_partial(dy_dx + i, n - i, cdf + v * density);
+    }
 }

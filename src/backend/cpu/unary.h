@@ -17,9 +17,10 @@ void cpu_unary_fwd_f32(const bl_unary_args *args, int64_t n, const float *x, flo
 void cpu_unary_bwd_f32(const bl_unary_args *args, int64_t n, const float *x, const float *y, const float *dy,
                        float *dx);
 
-/* The GELU pair on its own, single-threaded, for fused kernels that already run one slice per
- * thread: y (n) = x * Phi(x); dx (n) = dy * (Phi(x) + x phi(x)) (dx may alias dy). */
+/* GELU on its own, single-threaded, for fused kernels that already run one slice per thread:
+ * y (n) = x * Phi(x); and, from one evaluation of Phi and phi, y (n) = x * Phi(x) together with
+ * dy_dx (n) = Phi(x) + x phi(x), the derivative. */
 void cpu_gelu_f32(int64_t n, const float *x, float *y);
-void cpu_gelu_bwd_f32(int64_t n, const float *x, const float *dy, float *dx);
+void cpu_gelu_with_derivative_f32(int64_t n, const float *x, float *y, float *dy_dx);
 
 #endif
