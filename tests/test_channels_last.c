@@ -138,6 +138,30 @@ static void test_average_pools(void) {
     check_same_on_both_orders(adaptive_pool_op, NULL, 1, in, true, 1e-6, "adaptive_avg_pool2d (3, 2)");
 }
 
+/* Elementwise ops on channels-last operands: the values of the contiguous computation, in the
+ * first operand's order. */
+static void test_elementwise_keep_order(void) {
+    bl_tensor *a = test_randn(BL_F32, BL_SHAPE(2, 5, 3, 4), 80), *b = test_randn(BL_F32, BL_SHAPE(2, 5, 3, 4), 81);
+    bl_tensor *cl_a = bl_channels_last(a), *cl_b = bl_channels_last(b);
+    struct {
+        bl_tensor *got, *want;
+        bool channels_last;
+        const char *what;
+    } cases[] = {
+        {bl_add(cl_a, cl_b), bl_add(a, b), true, "channels last + channels last"},
+        {bl_mul(cl_a, b), bl_mul(a, b), true, "channels last * contiguous"},
+        {bl_sub(a, cl_b), bl_sub(a, b), false, "contiguous - channels last"},
+        {bl_mul_scalar(cl_a, 3.0), bl_mul_scalar(a, 3.0), true, "channels last * scalar"},
+        {bl_relu(cl_a), bl_relu(a), true, "relu"},
+        {bl_sigmoid(cl_a), bl_sigmoid(a), true, "sigmoid"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        CHECK(test_max_rel_diff(cases[i].got, cases[i].want) == 0.0, "%s: values", cases[i].what);
+        CHECK(cases[i].got && is_channels_last_only(cases[i].got) == cases[i].channels_last, "%s: memory order",
+              cases[i].what);
+    }
+}
+
 /* A channels-last network step end to end: conv, fused BN + ReLU, conv, fused BN + residual + ReLU,
  * global pool. */
 static bl_tensor *block_op(bl_tensor *const *in, void *user) {
@@ -199,4 +223,5 @@ static void test_conv_bn_act(void) {
 }
 
 TEST_MAIN(TEST(test_conversion_kernels), TEST(test_channels_last_op), TEST(test_conv2d), TEST(test_batch_norm),
-          TEST(test_average_pools), TEST(test_residual_block), TEST(test_conv_bn_act))
+          TEST(test_average_pools), TEST(test_elementwise_keep_order), TEST(test_residual_block),
+          TEST(test_conv_bn_act))

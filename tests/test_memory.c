@@ -83,6 +83,28 @@ static void test_shared_gradients_and_leaves(void) {
     }
 }
 
+/* An op whose backward hands one fresh tensor to both of its inputs (a + b, with the gradient
+ * copied first): the first delivery must not free memory the second still reads, even when the
+ * second leaf's .grad is allocated in between. */
+static int shared_fresh_backward(bl_node *node, bl_tensor *g, bl_tensor **gin) {
+    (void)node;
+    bl_tensor *copy = bl_add_scalar(g, 0.0);
+    gin[0] = gin[1] = copy;
+    return copy ? BL_OK : BL_ERR;
+}
+
+static void test_one_gradient_for_two_inputs(void) {
+    bl_tensor *a = test_randn(BL_F32, BL_SHAPE(WIDTH), 6), *b = test_randn(BL_F32, BL_SHAPE(WIDTH), 7);
+    a->requires_grad = b->requires_grad = true;
+    bl_tensor *y = bl_add(bl_detach(a), bl_detach(b));
+    bl_autograd_record(y, "shared_fresh", shared_fresh_backward, 2, (bl_tensor *[]){a, b}, 0);
+    bl_tensor *w = test_randn(BL_F32, BL_SHAPE(WIDTH), 8);
+    CHECK(bl_backward(bl_sum(bl_mul(y, w))) == BL_OK, "backward");
+    CHECK(test_max_rel_diff(a->grad, w) == 0.0 && test_max_rel_diff(b->grad, w) == 0.0,
+          "the inputs' gradients differ from the weighting: %g, %g", test_max_rel_diff(a->grad, w),
+          test_max_rel_diff(b->grad, w));
+}
+
 /* A scope inside a backward-like sequence: a block freed before the scope and reused inside it is
  * free again after it, so the arena's live bytes return to what they were. */
 static void test_scopes_stay_exact(void) {
@@ -101,4 +123,4 @@ static void test_scopes_stay_exact(void) {
 }
 
 TEST_MAIN(TEST(test_backward_reuses_consumed_gradients), TEST(test_shared_gradients_and_leaves),
-          TEST(test_scopes_stay_exact))
+          TEST(test_one_gradient_for_two_inputs), TEST(test_scopes_stay_exact))

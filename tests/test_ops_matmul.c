@@ -18,8 +18,8 @@
 
 typedef struct { int64_t M, N, K; } gemm_shape;
 
-/* Tiny products (the own kernel, including its K and N blocking: 1x3x1000, 2x300x5) and larger
- * ones (OpenBLAS). */
+/* Tiny products (the own kernel, including its K and N blocking: 1x3x1000, 2x300x5), mid-sized
+ * ones (OpenBLAS: 3x150x20) and larger ones (oneDNN when the library has it: 20x7x300 and up). */
 static const gemm_shape kernel_shapes[] = {
     {1, 1, 1},    {7, 5, 3},    {6, 16, 4},  {13, 17, 9},  {5, 33, 1},     {1, 3, 1000},
     {2, 300, 5},  {65, 65, 64}, {3, 150, 20}, {20, 7, 300}, {70, 140, 270},

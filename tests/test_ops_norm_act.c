@@ -247,6 +247,8 @@ static void test_kernels_match_reference(void) {
     check_kernels(4, 5, 1701, false, true, false, true, 0.0, 7);
     check_kernels(6, 300, 20, true, true, true, true, 0.0, 8);    /* more channels than a row chunk */
     check_kernels(64, 16, 64, true, true, true, true, 0.0, 9);    /* a ResNet stage, threaded */
+    check_kernels(3, 600, 5, true, true, true, true, 2.0, 10);    /* channels-last rows wider than a run */
+    check_kernels(40, 5, 1701, true, true, true, false, 50.0, 11); /* many runs per thread, far from 0 */
 }
 
 /* ---- backward paths and gradient checks ---- */

@@ -93,9 +93,23 @@ typedef struct {
     bl_tensor **wanted_grads; /* NULL: accumulate into leaves' .grad instead */
 } targets;
 
-/* Adds g into the pending gradient *slot (a node's grad_out): the slot holds its tensor's memory,
- * and what the sum replaces is released. */
-static int sum_into(bl_tensor **slot, bl_tensor *g) {
+/* Memory one node's backward leaves behind: a slot's previous tensor (one hold to drop) and
+ * gradients that nothing holds any more. They are released only after all of the node's
+ * gradients are delivered, so that none of its deliveries can be handed a block another one
+ * still reads (a backward function may return one tensor for several inputs). */
+typedef struct {
+    const void **dropped, **loose;
+    int n_dropped, n_loose;
+} leftovers;
+
+static void release_leftovers(const leftovers *l) {
+    for (int i = 0; i < l->n_dropped; i++) bl__arena_release(l->dropped[i]);
+    for (int i = 0; i < l->n_loose; i++) bl__arena_release_unheld(l->loose[i]);
+}
+
+/* Adds g into the pending gradient *slot (a node's grad_out): the slot holds its tensor's memory;
+ * the tensors the sum replaces are left over. */
+static int sum_into(bl_tensor **slot, bl_tensor *g, leftovers *l) {
     if (!*slot) {
         *slot = g;
         bl__arena_hold(g->data);
@@ -104,8 +118,8 @@ static int sum_into(bl_tensor **slot, bl_tensor *g) {
     bl_tensor *sum = bl_add(*slot, g);
     if (!sum) return BL_ERR;
     bl__arena_hold(sum->data);
-    bl__arena_release((*slot)->data);
-    bl__arena_release_unheld(g->data);
+    l->dropped[l->n_dropped++] = (*slot)->data;
+    l->loose[l->n_loose++] = g->data;
     *slot = sum;
     return BL_OK;
 }
@@ -119,7 +133,7 @@ static int sum_into_result(bl_tensor **slot, bl_tensor *g) {
     return BL_OK;
 }
 
-static int accumulate_leaf_grad(bl_tensor *leaf, bl_tensor *g) {
+static int accumulate_leaf_grad(bl_tensor *leaf, bl_tensor *g, leftovers *l) {
     if (!leaf->grad) {
         leaf->grad = leaf->persistent ? bl_tensor_new_persistent(leaf->dtype, leaf->ndim, leaf->shape)
                                       : bl_zeros(leaf->dtype, leaf->ndim, leaf->shape);
@@ -127,7 +141,7 @@ static int accumulate_leaf_grad(bl_tensor *leaf, bl_tensor *g) {
         bl__arena_pin(leaf->grad->data);
     }
     BL_TRY(bl_axpy_(leaf->grad, 1.0, g));
-    bl__arena_release_unheld(g->data);
+    l->loose[l->n_loose++] = g->data;
     return BL_OK;
 }
 
@@ -138,15 +152,15 @@ static int wanted_index(const targets *tg, const bl_tensor *t) {
 }
 
 /* Routes gradient g to tensor t: its producer node, a wanted slot, or a leaf's .grad. */
-static int deliver(const targets *tg, bl_tensor *t, bl_tensor *g) {
+static int deliver(const targets *tg, bl_tensor *t, bl_tensor *g, leftovers *l) {
     int w = wanted_index(tg, t);
     if (t->grad_fn) {
         /* A wanted non-leaf takes its gradient when its node is reached (all uses seen by then). */
-        return sum_into(&t->grad_fn->grad_out, g);
+        return sum_into(&t->grad_fn->grad_out, g, l);
     }
     if (w >= 0 && tg->wanted_grads) return sum_into_result(&tg->wanted_grads[w], g);
-    if (t->requires_grad && !tg->wanted_grads) return accumulate_leaf_grad(t, g);
-    bl__arena_release_unheld(g->data);
+    if (t->requires_grad && !tg->wanted_grads) return accumulate_leaf_grad(t, g, l);
+    l->loose[l->n_loose++] = g->data;
     return BL_OK;
 }
 
@@ -155,26 +169,29 @@ static int run_backward(bl_node *node, const targets *tg) {
     node->grad_out = NULL;
     int w = wanted_index(tg, node->out);
     if (w >= 0 && tg->wanted_grads) BL_TRY(sum_into_result(&tg->wanted_grads[w], g));
-    bl_tensor **gin = bl_arena_alloc((size_t)node->n_inputs * sizeof *gin);
-    BL_CHECK_RC(gin, "out of memory in backward of %s", node->name);
-    memset(gin, 0, (size_t)node->n_inputs * sizeof *gin);
+    const size_t n = (size_t)node->n_inputs;
+    bl_tensor **gin = bl_arena_alloc(n * sizeof *gin);
+    leftovers l = {bl_arena_alloc((n + 1) * sizeof(void *)), bl_arena_alloc(n * sizeof(void *)), 0, 0};
+    BL_CHECK_RC(gin && l.dropped && l.loose, "out of memory in backward of %s", node->name);
+    memset(gin, 0, n * sizeof *gin);
     if (node->backward(node, g, gin) != BL_OK) {
         bl_set_error("backward of %s failed", node->name);
         return BL_ERR;
     }
-    for (int i = 0; i < node->n_inputs; i++) {
+    for (size_t i = 0; i < n; i++) {
         bl_tensor *in = node->inputs[i];
         if (!gin[i]) continue;
         if (!in || !in->requires_grad) {
-            bl__arena_release_unheld(gin[i]->data);
+            l.loose[l.n_loose++] = gin[i]->data;
             continue;
         }
-        BL_CHECK_RC(bl_same_shape(gin[i], in), "backward of %s gave input %d a gradient of shape %s, expected %s",
+        BL_CHECK_RC(bl_same_shape(gin[i], in), "backward of %s gave input %zu a gradient of shape %s, expected %s",
                     node->name, i, bl__shape(gin[i]), bl__shape(in));
-        BL_TRY(deliver(tg, in, gin[i]));
+        BL_TRY(deliver(tg, in, gin[i], &l));
     }
     /* Consumed: the gradients delivered above hold whatever part of it they still use. */
-    bl__arena_release(g->data);
+    l.dropped[l.n_dropped++] = g->data;
+    release_leftovers(&l);
     return BL_OK;
 }
 
@@ -207,7 +224,10 @@ static int engine(int n_roots, bl_tensor *const *roots, bl_tensor *const *root_g
             break;
         }
         if (root->grad_fn && root->grad_fn->index + 1 > top) top = root->grad_fn->index + 1;
-        rc = deliver(tg, root, g);
+        const void *dropped[1], *loose[1];
+        leftovers l = {dropped, loose, 0, 0};
+        rc = deliver(tg, root, g, &l);
+        release_leftovers(&l);
     }
     for (size_t i = top; i-- > 0 && rc == BL_OK;)
         if (tape.nodes[i]->grad_out) rc = run_backward(tape.nodes[i], tg);

@@ -1,6 +1,9 @@
 /* The transformer's composite modules, laid out as timm's so that state dicts map one to one:
  * Mlp (fc1, act, fc2), Attention (one fused qkv linear, per-head scaled dot-product attention, proj)
- * and the pre-norm Block built from them. */
+ * and the pre-norm Block built from them. Their hot paths are single ops (ops/dense.h): attention
+ * reads the heads straight out of the qkv projection, and a GELU Mlp without dropout is one op
+ * that keeps only fc1's output for the backward; both equal timm's composition, gradients
+ * included. */
 #include "nn/nn_internal.h"
 #include "ops/dense.h"
 
@@ -22,7 +25,7 @@ int bl_mlp_init(bl_mlp *m, bl_params *ps, const char *prefix, int64_t in_feature
 }
 
 bl_tensor *bl_mlp_forward(bl_mlp *m, bl_tensor *x, bool training) {
-    /* Without dropout in between, GELU MLPs run as one op that keeps a quarter of the memory. */
+    /* Without dropout in between, a GELU Mlp is one op: fc1's output is all it keeps. */
     if (m->act == BL_ACT_GELU && (!training || m->drop.p <= 0)) {
         BL_NONNULL(x);
         BL_CHECK(x->ndim >= 1 && x->shape[x->ndim - 1] == m->fc1.in_features,

@@ -448,8 +448,8 @@ bl_tensor *bl_scaled_dot_product_attention(bl_tensor *q, bl_tensor *k, bl_tensor
 
 /* ---- the packed multi-head form ------------------------------------------------------------------ */
 
-/* The (B, H, T, hd) view of t (B, T, H * hd, or more columns starting at `column`) that reads
- * head h's columns [column + h * hd, column + (h + 1) * hd); detached, no node. */
+/* The (B, H, T, hd) view of H heads stored side by side in the last dim of t (B, T, C), from
+ * column `column` on: head h is columns column + h hd up to column + (h + 1) hd. Detached, no node. */
 static bl_tensor *head_view(const bl_tensor *t, int64_t heads, int64_t column, int64_t head_dim) {
     bl_tensor *view = bl__view_of(t);
     if (!view) return NULL;

@@ -40,8 +40,9 @@ static bl_tensor *binary(bl_binary_op op, bl_tensor *a, bl_tensor *b) {
     const bool arithmetic = !bl_binary_is_compare(op);
     const int64_t n = bl_numel(a);
     /* F32 arithmetic on a's memory order when a is dense (contiguous or channels last) and b is a
-     * scalar or has a's shape: one flat loop, b first brought to a's order when it is not in it. */
-    bool flat = a->dtype == BL_F32 && arithmetic && dense(a) && bl_same_shape(a, b);
+     * scalar or dense of a's shape: one flat loop, b first brought to a's order when it is not in
+     * it (a transpose between the two orders); other strides take the general loop. */
+    bool flat = a->dtype == BL_F32 && arithmetic && dense(a) && dense(b) && bl_same_shape(a, b);
     bool scalar_b = a->dtype == BL_F32 && arithmetic && dense(a) && bl_numel(b) == 1 && b->ndim <= a->ndim;
     bl_tensor *bk = flat ? cpu_values_in_order_of(b, a) : b;
     if (!bk) return NULL;

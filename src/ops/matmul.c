@@ -246,7 +246,7 @@ static int linear_backward_with_ops(bl_node *node, bl_tensor *g, bl_tensor **gin
     return BL_OK;
 }
 
-/* ---- helpers for the fused backward passes ----------------------------------------- */
+/* ---- helpers for the fused kernels --------------------------------------------------------------- */
 
 static int thread_count(void) {
 #ifdef _OPENMP

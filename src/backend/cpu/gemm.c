@@ -16,8 +16,9 @@
  * 12 accumulators + 2 panel vectors + 1 broadcast = 15 of the 16 AVX2 registers. Written with
  * GCC vector extensions, so the same code compiles to FMA on AVX2 and to plain SSE elsewhere.
  *
- * OpenBLAS is the OpenMP build: called from inside an active parallel region it runs on the
- * calling thread only, so spreading a batch of products over our threads never oversubscribes. */
+ * OpenBLAS is the OpenMP build and oneDNN uses OpenMP too: called from inside an active parallel
+ * region, both run on the calling thread only, so spreading a batch of products over our threads
+ * never oversubscribes. */
 #include "backend/cpu/gemm.h"
 
 #include <cblas.h>

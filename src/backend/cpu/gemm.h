@@ -9,11 +9,12 @@
  * and its old contents are never read (they may be uninitialized); otherwise C accumulates (+=)
  * scaled by beta. K == 0 is allowed (C = beta * C).
  *
- * Threading: products run on OpenBLAS (the OpenMP build, sharing our thread pool), except tiny
- * ones, which a register-blocked AVX2 kernel computes on the calling thread. Called from inside an
- * active OpenMP parallel region, every product runs on the calling thread only, so callers may
- * parallelise over independent products themselves (one product per thread) without
- * oversubscribing the cores. Dimensions and leading dims must fit in an int (the BLAS interface). */
+ * Threading: F32 products run on oneDNN's sgemm when the library has oneDNN, F64 ones (and F32
+ * ones without oneDNN) on OpenBLAS, both on our OpenMP thread pool; tiny products run on a
+ * register-blocked kernel on the calling thread. Called from inside an active OpenMP parallel
+ * region, every product runs on the calling thread only, so callers may parallelise over
+ * independent products themselves (one product per thread) without oversubscribing the cores.
+ * Dimensions and leading dims must fit in an int (the BLAS interface). */
 #ifndef BALLAST_CPU_GEMM_H
 #define BALLAST_CPU_GEMM_H
 

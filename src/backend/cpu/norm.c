@@ -90,10 +90,10 @@ static int max_threads(void) {
 #define SMALL_S 128
 #define COLUMNS 512
 _Static_assert(SMALL_S <= COLUMNS, "a block holds at least one channel");
-/* Channels-last rows summed in float before the partial sums move to double, and the width of the
- * column chunks those float sums cover (they live on the stack). */
-#define ROW_BLOCK 64
-#define ROW_CHUNK 256
+/* Channels last: the length of a run of whole rows, and the runs summed in float before the sums
+ * move to double (see the channels-last kernels below). */
+#define RUN_WIDTH 512
+#define FLUSH_RUNS 64
 
 /* Batch statistics from the sums of deviations from `shift` over M values. */
 static void channel_stats(double sum, double sumsq, double M, float shift, float *mean, float *var) {
@@ -362,10 +362,18 @@ static void bn_act_bwd_columns(const cpu_bn_act_args *a, const float *g, const f
 }
 
 /* -- channels last: an (M, C) matrix, M = N * S, one channel per column --
- * The rows are split over the threads; each thread sums its rows per column (in float over
- * ROW_BLOCK rows, then in double) into its own slice of scratch, and the slices are added up. The
- * per-column constants of the second pass (scale and offset, or the gradient's k, mean_g and
- * coef) sit in scratch after the slices. */
+ * Rows are taken a run at a time: RUN_WIDTH / C consecutive rows (at least one) are one contiguous
+ * run of `width` values, value j of channel j % C, so every inner loop is long and vectorizes
+ * whatever C is (C = 16 would otherwise be one vector per loop). Per-channel constants are spread
+ * over a run once ("run arrays"). The rows are split over the threads; each thread sums its runs
+ * per column in float, moving the sums to its own slice of doubles every FLUSH_RUNS runs, and the
+ * slices are added up. */
+
+/* Scratch, in doubles: T slices of 2C sums; then floats: RUN_ARRAYS shared run arrays `width`
+ * long, 3C per-channel constants, and T pairs of float accumulators `width` long. */
+#define RUN_ARRAYS 4
+
+static int64_t run_width(int64_t C) { return C >= RUN_WIDTH ? C : RUN_WIDTH / C * C; }
 
 static int team_size(void) {
 #ifdef _OPENMP
@@ -390,155 +398,184 @@ static void thread_rows(int64_t M, int t, int T, int64_t *begin, int64_t *end) {
     *end = min_i64(*begin + per, M);
 }
 
-/* sum[c] += sum(x[r][c] - shift[c]), sumsq[c] += sum((x[r][c] - shift[c])^2) over rows [r0, r1). */
-static void rows_moments(const float *x, int64_t C, int64_t r0, int64_t r1, const float *shift, double *sum,
-                         double *sumsq) {
-    for (int64_t c0 = 0; c0 < C; c0 += ROW_CHUNK) {
-        const int64_t width = min_i64(ROW_CHUNK, C - c0);
-        for (int64_t b0 = r0; b0 < r1; b0 += ROW_BLOCK) {
-            float s1[ROW_CHUNK], s2[ROW_CHUNK];
-            for (int64_t j = 0; j < width; j++) s1[j] = s2[j] = 0;
-            for (int64_t r = b0; r < min_i64(b0 + ROW_BLOCK, r1); r++) {
-                const float *xr = x + r * C + c0;
-#pragma omp simd
-                for (int64_t j = 0; j < width; j++) {
-                    float d = xr[j] - shift[c0 + j];
-                    s1[j] += d;
-                    s2[j] += d * d;
-                }
-            }
-            for (int64_t j = 0; j < width; j++) {
-                sum[c0 + j] += s1[j];
-                sumsq[c0 + j] += s2[j];
-            }
-        }
+typedef struct {
+    int64_t C, width;
+    double *slices; /* T x 2C */
+    float *arrays;  /* RUN_ARRAYS x width, shared */
+    float *consts;  /* 3C, shared */
+    float *acc;     /* T x 2 x width, one pair per thread */
+} rows_scratch;
+
+static size_t rows_scratch_doubles(int64_t C) {
+    const size_t T = (size_t)max_threads(), width = (size_t)run_width(C);
+    const size_t floats = RUN_ARRAYS * width + 3 * (size_t)C + T * 2 * width;
+    return T * 2 * (size_t)C + (floats + 1) / 2;
+}
+
+static rows_scratch rows_scratch_of(int64_t C, double *scratch) {
+    const int64_t T = max_threads(), width = run_width(C);
+    float *arrays = (float *)(scratch + T * 2 * C), *consts = arrays + RUN_ARRAYS * width;
+    return (rows_scratch){C, width, scratch, arrays, consts, consts + 3 * C};
+}
+
+/* run[j] = v[j % C] over the run's width (v NULL: `missing` everywhere). */
+static void spread(const float *v, float missing, int64_t C, int64_t width, float *run) {
+    for (int64_t j = 0; j < width; j++) run[j] = v ? v[j % C] : missing;
+}
+
+/* Adds the float accumulators of one thread (width values) into its double slice (2C values). */
+static void flush(const rows_scratch *rs, float *s1, float *s2, double *sum) {
+    for (int64_t j = 0; j < rs->width; j++) {
+        sum[j % rs->C] += s1[j];
+        sum[rs->C + j % rs->C] += s2[j];
+        s1[j] = s2[j] = 0;
     }
 }
 
-/* sum[c] += sum(gz), sum_xc[c] += sum(gz * (x - mean[c])) over rows [r0, r1), gz = g masked by y
- * (the ReLU's output) when y is not NULL. */
-static void rows_grad_moments(const float *g, const float *y, const float *x, int64_t C, int64_t r0, int64_t r1,
-                              const float *mean, double *sum, double *sum_xc) {
-    for (int64_t c0 = 0; c0 < C; c0 += ROW_CHUNK) {
-        const int64_t width = min_i64(ROW_CHUNK, C - c0);
-        const float *mu = mean + c0;
-        for (int64_t b0 = r0; b0 < r1; b0 += ROW_BLOCK) {
-            float s1[ROW_CHUNK], s2[ROW_CHUNK];
-            for (int64_t j = 0; j < width; j++) s1[j] = s2[j] = 0;
-            for (int64_t r = b0; r < min_i64(b0 + ROW_BLOCK, r1); r++) {
-                const int64_t at = r * C + c0;
-                const float *gr = g + at, *xr = x + at;
-                if (y) {
-                    const float *yr = y + at;
+/* The thread's slice gets sum(x - shift), sum((x - shift)^2) per channel over rows [r0, r1). */
+static void rows_moments(const rows_scratch *rs, const float *x, const float *shift_run, int64_t r0, int64_t r1,
+                         float *s1, float *s2, double *sum) {
+    const int64_t C = rs->C, per_run = rs->width / C;
+    memset(s1, 0, (size_t)rs->width * sizeof *s1);
+    memset(s2, 0, (size_t)rs->width * sizeof *s2);
+    for (int64_t r = r0, runs = 0; r < r1; r += per_run) {
+        const int64_t n = min_i64(per_run, r1 - r) * C;
+        const float *xr = x + r * C;
 #pragma omp simd
-                    for (int64_t j = 0; j < width; j++) {
-                        float gz = yr[j] > 0 ? gr[j] : 0.0f;
-                        s1[j] += gz;
-                        s2[j] += gz * (xr[j] - mu[j]);
-                    }
-                } else {
+        for (int64_t j = 0; j < n; j++) {
+            float d = xr[j] - shift_run[j];
+            s1[j] += d;
+            s2[j] += d * d;
+        }
+        if (++runs % FLUSH_RUNS == 0) flush(rs, s1, s2, sum);
+    }
+    flush(rs, s1, s2, sum);
+}
+
+/* The thread's slice gets sum(gz), sum(gz * (x - mean)) per channel over rows [r0, r1), gz = g
+ * masked by y (the ReLU's output) when y is not NULL. */
+static void rows_grad_moments(const rows_scratch *rs, const float *g, const float *y, const float *x,
+                              const float *mean_run, int64_t r0, int64_t r1, float *s1, float *s2, double *sum) {
+    const int64_t C = rs->C, per_run = rs->width / C;
+    memset(s1, 0, (size_t)rs->width * sizeof *s1);
+    memset(s2, 0, (size_t)rs->width * sizeof *s2);
+    for (int64_t r = r0, runs = 0; r < r1; r += per_run) {
+        const int64_t n = min_i64(per_run, r1 - r) * C, at = r * C;
+        const float *gr = g + at, *xr = x + at;
+        if (y) {
+            const float *yr = y + at;
 #pragma omp simd
-                    for (int64_t j = 0; j < width; j++) {
-                        s1[j] += gr[j];
-                        s2[j] += gr[j] * (xr[j] - mu[j]);
-                    }
-                }
+            for (int64_t j = 0; j < n; j++) {
+                float gz = yr[j] > 0 ? gr[j] : 0.0f;
+                s1[j] += gz;
+                s2[j] += gz * (xr[j] - mean_run[j]);
             }
-            for (int64_t j = 0; j < width; j++) {
-                sum[c0 + j] += s1[j];
-                sum_xc[c0 + j] += s2[j];
+        } else {
+#pragma omp simd
+            for (int64_t j = 0; j < n; j++) {
+                s1[j] += gr[j];
+                s2[j] += gr[j] * (xr[j] - mean_run[j]);
             }
         }
+        if (++runs % FLUSH_RUNS == 0) flush(rs, s1, s2, sum);
     }
+    flush(rs, s1, s2, sum);
 }
 
 /* Adds the T per-thread slices of 2C doubles into the first one. */
-static void add_slices(double *scratch, int64_t C, int T) {
+static void add_slices(double *slices, int64_t C, int T) {
     for (int t = 1; t < T; t++)
-        for (int64_t j = 0; j < 2 * C; j++) scratch[j] += scratch[(size_t)t * 2 * (size_t)C + (size_t)j];
+        for (int64_t j = 0; j < 2 * C; j++) slices[j] += slices[(size_t)t * 2 * (size_t)C + (size_t)j];
 }
 
-/* y rows [r0, r1) = act((x - mean) * scale + offset + residual). */
-static void normalize_rows(const cpu_bn_act_args *a, int64_t r0, int64_t r1, const float *x, const float *residual,
-                           const float *mean, const float *scale, const float *offset, float *y) {
-    const int64_t C = a->bn.C;
-    for (int64_t r = r0; r < r1; r++) {
-        const float *xr = x + r * C, *rr = residual ? residual + r * C : NULL;
-        float *yr = y + r * C;
-        if (rr) {
+/* y rows [r0, r1) = act((x - mean) * scale + offset + residual), with the constants as run arrays. */
+static void normalize_rows(const cpu_bn_act_args *a, const rows_scratch *rs, int64_t r0, int64_t r1, const float *x,
+                           const float *residual, const float *mean_run, const float *scale_run,
+                           const float *offset_run, float *y) {
+    const int64_t C = rs->C, per_run = rs->width / C;
+    for (int64_t r = r0; r < r1; r += per_run) {
+        const int64_t n = min_i64(per_run, r1 - r) * C, at = r * C;
+        const float *xr = x + at;
+        float *yr = y + at;
+        if (residual) {
+            const float *rr = residual + at;
 #pragma omp simd
-            for (int64_t c = 0; c < C; c++) yr[c] = (xr[c] - mean[c]) * scale[c] + offset[c] + rr[c];
+            for (int64_t j = 0; j < n; j++) yr[j] = (xr[j] - mean_run[j]) * scale_run[j] + offset_run[j] + rr[j];
         } else {
 #pragma omp simd
-            for (int64_t c = 0; c < C; c++) yr[c] = (xr[c] - mean[c]) * scale[c] + offset[c];
+            for (int64_t j = 0; j < n; j++) yr[j] = (xr[j] - mean_run[j]) * scale_run[j] + offset_run[j];
         }
-        if (a->relu) relu_run(C, yr);
+        if (a->relu) relu_run(n, yr);
     }
 }
 
 /* One parallel region: each thread sums its rows, one thread combines the sums into the
- * statistics and the per-channel constants, and each thread normalizes its rows (the ones it just
- * read, so they are still in cache when they fit). */
+ * statistics and the run arrays, and each thread normalizes its rows (the ones it just read, so
+ * they are still in cache when they fit). */
 static void bn_act_fwd_rows(const cpu_bn_act_args *a, const float *x, const float *weight, const float *bias,
                             const float *residual, float *mean, float *var, float *invstd, float *y,
                             double *scratch) {
     const int64_t C = a->bn.C, M = a->bn.N * a->bn.S;
-    float *scale = (float *)(scratch + (size_t)max_threads() * 2 * (size_t)C), *offset = scale + C;
+    const rows_scratch rs = rows_scratch_of(C, scratch);
+    float *mean_run = rs.arrays, *scale_run = mean_run + rs.width, *offset_run = scale_run + rs.width;
+    float *shift_run = offset_run + rs.width;
+    /* Deviations from the first row, which every thread shares, avoid cancellation. */
+    if (a->bn.training) spread(x, 0, C, rs.width, shift_run);
 #pragma omp parallel if (M * C >= PARALLEL_MIN)
     {
         const int t = thread_index(), T = team_size();
         int64_t r0, r1;
         thread_rows(M, t, T, &r0, &r1);
         if (a->bn.training) {
-            /* Deviations from the first row, which every thread shares, avoid cancellation. */
-            double *sum = scratch + (size_t)t * 2 * (size_t)C;
+            double *sum = rs.slices + (size_t)t * 2 * (size_t)C;
+            float *s1 = rs.acc + (size_t)t * 2 * (size_t)rs.width;
             memset(sum, 0, 2 * (size_t)C * sizeof *sum);
-            rows_moments(x, C, r0, r1, x, sum, sum + C);
+            rows_moments(&rs, x, shift_run, r0, r1, s1, s1 + rs.width, sum);
 #pragma omp barrier
         }
 #pragma omp single
         {
             if (a->bn.training) {
-                add_slices(scratch, C, T);
+                add_slices(rs.slices, C, T);
                 for (int64_t c = 0; c < C; c++)
-                    channel_stats(scratch[c], scratch[C + c], (double)M, x[c], &mean[c], &var[c]);
+                    channel_stats(rs.slices[c], rs.slices[C + c], (double)M, x[c], &mean[c], &var[c]);
             }
-            for (int64_t c = 0; c < C; c++) {
-                invstd[c] = (float)(1.0 / sqrt((double)var[c] + a->bn.eps));
-                scale[c] = invstd[c] * (weight ? weight[c] : 1.0f);
-                offset[c] = bias ? bias[c] : 0.0f;
-            }
+            for (int64_t c = 0; c < C; c++) invstd[c] = (float)(1.0 / sqrt((double)var[c] + a->bn.eps));
+            spread(mean, 0, C, rs.width, mean_run);
+            spread(bias, 0, C, rs.width, offset_run);
+            for (int64_t j = 0; j < rs.width; j++) scale_run[j] = invstd[j % C] * (weight ? weight[j % C] : 1.0f);
         }
-        normalize_rows(a, r0, r1, x, residual, mean, scale, offset, y);
+        normalize_rows(a, &rs, r0, r1, x, residual, mean_run, scale_run, offset_run, y);
     }
 }
 
-/* Gradient rows [r0, r1): dresidual = gz (when asked), dx from the per-channel constants. */
-static void grad_rows(const cpu_bn_act_args *a, int64_t r0, int64_t r1, const float *g, const float *mask,
-                      const float *x, const float *mean, const float *col_k, const float *col_mean_g,
-                      const float *col_coef, float *dx, float *dresidual) {
-    const int64_t C = a->bn.C;
-    for (int64_t r = r0; r < r1; r++) {
-        const int64_t at = r * C;
+/* Gradient rows [r0, r1): dresidual = gz (when asked), dx = k * (gz - mean_g - (x - mean) * coef)
+ * (when asked), with the per-channel constants as run arrays. */
+static void grad_rows(const rows_scratch *rs, int64_t r0, int64_t r1, const float *g, const float *mask,
+                      const float *x, const float *mean_run, const float *k_run, const float *mean_g_run,
+                      const float *coef_run, float *dx, float *dresidual) {
+    const int64_t C = rs->C, per_run = rs->width / C;
+    for (int64_t r = r0; r < r1; r += per_run) {
+        const int64_t n = min_i64(per_run, r1 - r) * C, at = r * C;
         const float *gr = g + at, *xr = x + at, *mr = mask ? mask + at : NULL;
         float *dr = dx ? dx + at : NULL, *rr = dresidual ? dresidual + at : NULL;
         if (rr && mr) {
 #pragma omp simd
-            for (int64_t c = 0; c < C; c++) rr[c] = mr[c] > 0 ? gr[c] : 0.0f;
+            for (int64_t j = 0; j < n; j++) rr[j] = mr[j] > 0 ? gr[j] : 0.0f;
         } else if (rr) {
-            memcpy(rr, gr, (size_t)C * sizeof *gr);
+            memcpy(rr, gr, (size_t)n * sizeof *gr);
         }
         if (!dr) continue;
         if (mr) {
 #pragma omp simd
-            for (int64_t c = 0; c < C; c++) {
-                float gz = mr[c] > 0 ? gr[c] : 0.0f;
-                dr[c] = col_k[c] * (gz - col_mean_g[c] - (xr[c] - mean[c]) * col_coef[c]);
+            for (int64_t j = 0; j < n; j++) {
+                float gz = mr[j] > 0 ? gr[j] : 0.0f;
+                dr[j] = k_run[j] * (gz - mean_g_run[j] - (xr[j] - mean_run[j]) * coef_run[j]);
             }
         } else {
 #pragma omp simd
-            for (int64_t c = 0; c < C; c++)
-                dr[c] = col_k[c] * (gr[c] - col_mean_g[c] - (xr[c] - mean[c]) * col_coef[c]);
+            for (int64_t j = 0; j < n; j++)
+                dr[j] = k_run[j] * (gr[j] - mean_g_run[j] - (xr[j] - mean_run[j]) * coef_run[j]);
         }
     }
 }
@@ -548,44 +585,50 @@ static void bn_act_bwd_rows(const cpu_bn_act_args *a, const float *g, const floa
                             const float *mean, const float *invstd, const float *weight, float *dx, float *dweight,
                             float *dbias, float *dresidual, double *scratch) {
     const int64_t C = a->bn.C, M = a->bn.N * a->bn.S;
+    const rows_scratch rs = rows_scratch_of(C, scratch);
     const float *mask = a->relu ? y : NULL;
     const bool sums = a->bn.training || dweight || dbias;
-    float *col_k = (float *)(scratch + (size_t)max_threads() * 2 * (size_t)C), *col_mean_g = col_k + C,
-          *col_coef = col_mean_g + C;
+    float *mean_run = rs.arrays, *k_run = mean_run + rs.width, *mean_g_run = k_run + rs.width;
+    float *coef_run = mean_g_run + rs.width, *channel_consts = rs.consts; /* k, mean_g, coef per channel */
+    spread(mean, 0, C, rs.width, mean_run);
 #pragma omp parallel if (M * C >= PARALLEL_MIN)
     {
         const int t = thread_index(), T = team_size();
         int64_t r0, r1;
         thread_rows(M, t, T, &r0, &r1);
         if (sums) {
-            double *sum = scratch + (size_t)t * 2 * (size_t)C;
+            double *sum = rs.slices + (size_t)t * 2 * (size_t)C;
+            float *s1 = rs.acc + (size_t)t * 2 * (size_t)rs.width;
             memset(sum, 0, 2 * (size_t)C * sizeof *sum);
-            rows_grad_moments(g, mask, x, C, r0, r1, mean, sum, sum + C);
+            rows_grad_moments(&rs, g, mask, x, mean_run, r0, r1, s1, s1 + rs.width, sum);
 #pragma omp barrier
         }
 #pragma omp single
         {
-            if (sums) add_slices(scratch, C, T);
+            if (sums) add_slices(rs.slices, C, T);
             for (int64_t c = 0; c < C; c++) {
-                const double sum_g = sums ? scratch[c] : 0.0, sum_g_xc = sums ? scratch[C + c] : 0.0;
+                const double sum_g = sums ? rs.slices[c] : 0.0, sum_g_xc = sums ? rs.slices[C + c] : 0.0;
                 if (dweight) dweight[c] = (float)(sum_g_xc * invstd[c]);
                 if (dbias) dbias[c] = (float)sum_g;
                 const channel_grad cg =
                     batch_norm_channel_grad(&a->bn, sum_g, sum_g_xc, invstd[c], weight ? weight[c] : 1.0f);
-                col_k[c] = cg.k;
-                col_mean_g[c] = cg.mean_g;
-                col_coef[c] = cg.coef;
+                channel_consts[c] = cg.k;
+                channel_consts[C + c] = cg.mean_g;
+                channel_consts[2 * C + c] = cg.coef;
             }
+            spread(channel_consts, 0, C, rs.width, k_run);
+            spread(channel_consts + C, 0, C, rs.width, mean_g_run);
+            spread(channel_consts + 2 * C, 0, C, rs.width, coef_run);
         }
-        if (dx || dresidual) grad_rows(a, r0, r1, g, mask, x, mean, col_k, col_mean_g, col_coef, dx, dresidual);
+        if (dx || dresidual)
+            grad_rows(&rs, r0, r1, g, mask, x, mean_run, k_run, mean_g_run, coef_run, dx, dresidual);
     }
 }
 
 /* -- entry points -- */
 
 size_t cpu_batch_norm_act_scratch(const cpu_bn_act_args *a) {
-    /* per-thread sums, then three floats per channel (rounded up to doubles) */
-    return a->channels_last ? ((size_t)max_threads() * 2 + 2) * (size_t)a->bn.C : 0;
+    return a->channels_last ? rows_scratch_doubles(a->bn.C) : 0;
 }
 
 void cpu_batch_norm_act_fwd(const cpu_bn_act_args *a, const float *x, const float *weight, const float *bias,
