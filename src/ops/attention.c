@@ -31,9 +31,6 @@
 #include <math.h>
 #include <string.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 /* Scores per thread at inference, in elements (a block of query rows times Tk): small enough to
  * stay in L2. */
@@ -44,22 +41,6 @@ typedef struct {
     double scale;
     bool causal;
 } attention_shape;
-
-static int thread_index(void) {
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
-
-static int max_threads(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
 
 static bool mask_is_boolean(const bl_tensor *mask) { return mask->dtype == BL_BOOL || mask->dtype == BL_U8; }
 
@@ -123,7 +104,7 @@ typedef struct {
         for (int64_t t = 0; t < tasks; t++) {                                                          \
             int64_t b = t / blocks_per_entry, i0 = (t % blocks_per_entry) * block;                     \
             int64_t rows = s->Tq - i0 < block ? s->Tq - i0 : block;                                    \
-            T *p = probs ? probs + (b * s->Tq + i0) * s->Tk : scratch + thread_index() * block * s->Tk; \
+            T *p = probs ? probs + (b * s->Tq + i0) * s->Tk : scratch + bl__thread_index() * block * s->Tk; \
             /* a row-major k is read transposed, a column-major one as it is */                        \
             GEMM(q.trans, !k.trans, rows, s->Tk, s->D, (T)s->scale, ROW_OF(const T, q, b, i0), q.ld,    \
                  MATRIX_OF(const T, k, b), k.ld, 0, p, s->Tk);                                         \
@@ -145,7 +126,7 @@ typedef struct {
         _Pragma("omp parallel for schedule(static) if (batch > 1)")                                    \
         for (int64_t b = 0; b < batch; b++) {                                                          \
             const T *p = probs + b * Tq * Tk, *gb = MATRIX_OF(const T, g, b);                          \
-            T *ds = scratch + thread_index() * Tq * Tk;                                                \
+            T *ds = scratch + bl__thread_index() * Tq * Tk;                                                \
             GEMM(true, g.trans, Tk, Dv, Tq, 1, p, Tk, gb, g.ld, 0, MATRIX_OF(T, dv, b), dv.ld);        \
             GEMM(g.trans, !v.trans, Tq, Tk, Dv, 1, gb, g.ld, MATRIX_OF(const T, v, b), v.ld, 0, ds, Tk); \
             SOFTMAX_BWD_ROWS(Tq, Tk, p, ds, ds);                                                       \
@@ -264,7 +245,7 @@ static int attention_forward(bl_tensor *q, bl_tensor *k, bl_tensor *v, bl_tensor
         shape[bd->ndim] = s->Tq;
         shape[bd->ndim + 1] = s->Tk;
         if (!(probs = *probs_out = bl_empty(q->dtype, bd->ndim + 2, shape))) return BL_ERR;
-    } else if (!(scratch = bl_arena_alloc((size_t)(max_threads() * block * s->Tk) * bl_dtype_size(q->dtype)))) {
+    } else if (!(scratch = bl_arena_alloc((size_t)(bl__max_threads() * block * s->Tk) * bl_dtype_size(q->dtype)))) {
         return BL_ERR;
     }
     double t0 = bl_profile_start();
@@ -287,7 +268,7 @@ static int attention_backward_kernel(bl_tensor *q, bl_tensor *k, bl_tensor *v, c
         read_operand(g, bd, &rg, &go) || write_operand(dq, bd, &dqo) || write_operand(dk, bd, &dko) ||
         write_operand(dv, bd, &dvo))
         return BL_ERR;
-    void *scratch = bl_arena_alloc((size_t)(max_threads() * s->Tq * s->Tk) * bl_dtype_size(q->dtype));
+    void *scratch = bl_arena_alloc((size_t)(bl__max_threads() * s->Tq * s->Tk) * bl_dtype_size(q->dtype));
     if (!scratch) return BL_ERR;
     double t0 = bl_profile_start();
     if (q->dtype == BL_F32)

@@ -29,9 +29,6 @@
 #include <limits.h>
 #include <string.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 /* ---- operand helpers shared with attention.c (declared in dense.h) ---------------------------- */
 
@@ -248,22 +245,6 @@ static int linear_backward_with_ops(bl_node *node, bl_tensor *g, bl_tensor **gin
 
 /* ---- helpers for the fused kernels --------------------------------------------------------------- */
 
-static int thread_count(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-
-static int thread_index(void) {
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
-
 /* C = op(A) op(B) + beta C on F32 or F64 data (see gemm.h). */
 static void gemm_any(bl_dtype dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const void *A, int64_t lda,
                      const void *B, int64_t ldb, double beta, void *C, int64_t ldc) {
@@ -304,7 +285,7 @@ static void add_column_sums(bl_dtype dt, int64_t rows, int64_t N, const void *g,
 /* The same over all threads: each sums its own share of the rows into its own partial sums,
  * which are then added up in thread order (so the result does not depend on timing). */
 static int add_column_sums_parallel(bl_dtype dt, int64_t rows, int64_t N, const void *g, int64_t ldg, double *acc) {
-    int threads = thread_count();
+    int threads = bl__max_threads();
     if (threads < 2 || rows * N < 65536) {
         add_column_sums(dt, rows, N, g, ldg, acc);
         return BL_OK;
@@ -601,7 +582,7 @@ static int mlp_backward_fused(bl_node *node, bl_tensor *g, bl_tensor **gin) {
     double t0 = bl_profile_start();
     size_t elem = bl_dtype_size(dt);
     int64_t chunk = mlp_chunk_rows(hidden), chunks = (rows + chunk - 1) / chunk;
-    int threads = thread_count();
+    int threads = bl__max_threads();
     bl_scope scratch = bl_scope_begin();
     mlp_thread_part *parts = bl_arena_alloc((size_t)threads * sizeof *parts);
     int rc = parts ? BL_OK : BL_ERR;
@@ -622,7 +603,7 @@ static int mlp_backward_fused(bl_node *node, bl_tensor *g, bl_tensor **gin) {
     if (rc == BL_OK) {
 #pragma omp parallel for schedule(static) if (chunks > 1)
         for (int64_t c = 0; c < chunks; c++) {
-            mlp_thread_part *p = &parts[thread_index()];
+            mlp_thread_part *p = &parts[bl__thread_index()];
             int64_t r0 = c * chunk, n = rows - r0 < chunk ? rows - r0 : chunk;
             const char *hc = (const char *)h->data + (size_t)(r0 * hidden) * elem;
             const char *gc = (const char *)rg->data + (size_t)(r0 * g_ld) * elem;
@@ -713,7 +694,7 @@ bl_tensor *bl__mlp_gelu(bl_tensor *x, bl_tensor *w1, bl_tensor *b1, bl_tensor *w
     size_t elem = bl_dtype_size(dt);
     int64_t chunk = mlp_chunk_rows(hidden), chunks = (rows + chunk - 1) / chunk;
     bl_scope scratch = bl_scope_begin();
-    int threads = thread_count();
+    int threads = bl__max_threads();
     char *a = bl_arena_alloc((size_t)(threads * chunk * hidden) * elem);
     char *h_scratch = record ? NULL : bl_arena_alloc((size_t)(threads * chunk * hidden) * elem);
     bool ok = a && (record || h_scratch);
@@ -721,7 +702,7 @@ bl_tensor *bl__mlp_gelu(bl_tensor *x, bl_tensor *w1, bl_tensor *b1, bl_tensor *w
 #pragma omp parallel for schedule(dynamic, 1) if (chunks > 1)
         for (int64_t c = 0; c < chunks; c++) {
             int64_t r0 = c * chunk, n = rows - r0 < chunk ? rows - r0 : chunk;
-            size_t mine = (size_t)(thread_index() * chunk * hidden) * elem;
+            size_t mine = (size_t)(bl__thread_index() * chunk * hidden) * elem;
             char *hc = record ? (char *)h->data + (size_t)(r0 * hidden) * elem : h_scratch + mine;
             char *yc = (char *)result->data + (size_t)(r0 * out) * elem;
             gemm_any(dt, false, !mw.w1_trans, n, hidden, in, (const char *)rx->data + (size_t)(r0 * x_ld) * elem, x_ld,

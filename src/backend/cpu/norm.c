@@ -11,6 +11,8 @@
  * pass forward and two backward. */
 #include "norm.h"
 
+#include "core/internal.h"
+
 #include <math.h>
 #include <string.h>
 
@@ -71,14 +73,6 @@ static void weighted_grad_moments(const float *g, const float *w, const float *x
         *sum_gw += s1;
         *sum_gw_xc += s2;
     }
-}
-
-static int max_threads(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
 }
 
 /* ---- batch norm, with an optional residual and ReLU ---- */
@@ -383,14 +377,6 @@ static int team_size(void) {
 #endif
 }
 
-static int thread_index(void) {
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
-
 /* The rows [*begin, *end) of M that thread t of a team of T takes. */
 static void thread_rows(int64_t M, int t, int T, int64_t *begin, int64_t *end) {
     const int64_t per = (M + T - 1) / T;
@@ -407,13 +393,13 @@ typedef struct {
 } rows_scratch;
 
 static size_t rows_scratch_doubles(int64_t C) {
-    const size_t T = (size_t)max_threads(), width = (size_t)run_width(C);
+    const size_t T = (size_t)bl__max_threads(), width = (size_t)run_width(C);
     const size_t floats = RUN_ARRAYS * width + 3 * (size_t)C + T * 2 * width;
     return T * 2 * (size_t)C + (floats + 1) / 2;
 }
 
 static rows_scratch rows_scratch_of(int64_t C, double *scratch) {
-    const int64_t T = max_threads(), width = run_width(C);
+    const int64_t T = bl__max_threads(), width = run_width(C);
     float *arrays = (float *)(scratch + T * 2 * C), *consts = arrays + RUN_ARRAYS * width;
     return (rows_scratch){C, width, scratch, arrays, consts, consts + 3 * C};
 }
@@ -523,7 +509,7 @@ static void bn_act_fwd_rows(const cpu_bn_act_args *a, const float *x, const floa
     if (a->bn.training) spread(x, 0, C, rs.width, shift_run);
 #pragma omp parallel if (M * C >= PARALLEL_MIN)
     {
-        const int t = thread_index(), T = team_size();
+        const int t = bl__thread_index(), T = team_size();
         int64_t r0, r1;
         thread_rows(M, t, T, &r0, &r1);
         if (a->bn.training) {
@@ -593,7 +579,7 @@ static void bn_act_bwd_rows(const cpu_bn_act_args *a, const float *g, const floa
     spread(mean, 0, C, rs.width, mean_run);
 #pragma omp parallel if (M * C >= PARALLEL_MIN)
     {
-        const int t = thread_index(), T = team_size();
+        const int t = bl__thread_index(), T = team_size();
         int64_t r0, r1;
         thread_rows(M, t, T, &r0, &r1);
         if (sums) {
@@ -697,7 +683,7 @@ void cpu_layer_norm_fwd(const bl_layer_norm_args *a, const float *x, const float
     }
 }
 
-size_t cpu_layer_norm_bwd_scratch(const bl_layer_norm_args *a) { return (size_t)max_threads() * 2 * (size_t)a->D; }
+size_t cpu_layer_norm_bwd_scratch(const bl_layer_norm_args *a) { return (size_t)bl__max_threads() * 2 * (size_t)a->D; }
 
 void cpu_layer_norm_bwd(const bl_layer_norm_args *a, const float *g, const float *x, const float *mean,
                         const float *invstd, const float *weight, float *dx, float *dweight, float *dbias,
