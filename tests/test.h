@@ -40,6 +40,25 @@ static inline double test_max_rel_diff(const bl_tensor *a, const bl_tensor *b) {
     return worst;
 }
 
+/* The tensor's elements in logical (row-major) order, as doubles in the arena. */
+static inline double *test_values(const bl_tensor *t) {
+    if (!t) return NULL;
+    double *v = bl_arena_alloc((size_t)(bl_numel(t) ? bl_numel(t) : 1) * sizeof *v);
+    for (int64_t i = 0; i < bl_numel(t); i++) v[i] = bl_get_flat(t, i);
+    return v;
+}
+
+/* Largest |t_i - ref_i| / (1 + |ref_i|) against n doubles; infinite when t is NULL or of another size. */
+static inline double test_max_rel_diff_values(const bl_tensor *t, const double *ref, int64_t n) {
+    if (!t || bl_numel(t) != n) return INFINITY;
+    double worst = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs(bl_get_flat(t, i) - ref[i]) / (1.0 + fabs(ref[i]));
+        if (!(d <= worst)) worst = d;
+    }
+    return worst;
+}
+
 /* A tensor with values drawn from N(0, 1) (seeded), in the arena. */
 static inline bl_tensor *test_randn(bl_dtype dt, int ndim, const int64_t *shape, uint64_t seed) {
     bl_tensor *t = bl_empty(dt, ndim, shape);

@@ -14,16 +14,6 @@ static bool has_shape(const bl_tensor *t, int ndim, const int64_t *shape) {
     return true;
 }
 
-static double max_diff_to(const bl_tensor *t, const double *ref, int64_t n) {
-    if (!t || bl_numel(t) != n) return INFINITY;
-    double worst = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double d = fabs(bl_get_flat(t, i) - ref[i]) / (1.0 + fabs(ref[i]));
-        if (!(d <= worst)) worst = d;
-    }
-    return worst;
-}
-
 static bool ends_with(const char *s, const char *suffix) {
     size_t n = strlen(s), k = strlen(suffix);
     return n >= k && strcmp(s + n - k, suffix) == 0;
@@ -514,7 +504,7 @@ static void check_resnet_against_naive(const char *name, bl_model_opts opts, int
     bl_tensor *y;
     BL_NO_GRAD { y = bl_model_forward(m, x); }
     CHECK(fdim == m->feature_dim);
-    CHECK(max_diff_to(y, ref, 2 * opts.num_classes) < 1e-4, "%s: %g", name, max_diff_to(y, ref, 2 * opts.num_classes));
+    CHECK(test_max_rel_diff_values(y, ref, 2 * opts.num_classes) < 1e-4, "%s: %g", name, test_max_rel_diff_values(y, ref, 2 * opts.num_classes));
     bl_model_free(m);
 }
 
@@ -563,8 +553,8 @@ static void test_convnet_matches_naive(void) {
             f = bl_model_features(m, x);
             y = bl_model_forward(m, x);
         }
-        CHECK(max_diff_to(f, h.v, 2 * fdim) < 1e-4, "features %g", max_diff_to(f, h.v, 2 * fdim));
-        CHECK(max_diff_to(y, ref, 20) < 1e-4, "logits %g", max_diff_to(y, ref, 20));
+        CHECK(test_max_rel_diff_values(f, h.v, 2 * fdim) < 1e-4, "features %g", test_max_rel_diff_values(f, h.v, 2 * fdim));
+        CHECK(test_max_rel_diff_values(y, ref, 20) < 1e-4, "logits %g", test_max_rel_diff_values(y, ref, 20));
         bl_model_free(m);
     }
 }
@@ -635,8 +625,8 @@ static void test_vit_matches_naive(void) {
             feat[n * D + d] = (bl_get_flat(stages[11], n * T * D + d) - mean) / sqrt(var + 1e-6) * bl_get_flat(nw, d) +
                               bl_get_flat(nb, d);
     }
-    CHECK(max_diff_to(f, feat, N * D) < 1e-5, "features %g", max_diff_to(f, feat, N * D));
-    CHECK(max_diff_to(y, naive_head(m, "head", feat, N, D), N * 7) < 1e-5);
+    CHECK(test_max_rel_diff_values(f, feat, N * D) < 1e-5, "features %g", test_max_rel_diff_values(f, feat, N * D));
+    CHECK(test_max_rel_diff_values(y, naive_head(m, "head", feat, N, D), N * 7) < 1e-5);
     bl_model_free(m);
 }
 

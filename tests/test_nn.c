@@ -6,23 +6,6 @@
 
 /* ---- helpers ---------------------------------------------------------------------------------- */
 
-/* The tensor's values in logical order, as doubles in arena memory. */
-static double *values(const bl_tensor *t) {
-    double *v = bl_arena_alloc((size_t)bl_numel(t) * sizeof *v);
-    for (int64_t i = 0; i < bl_numel(t); i++) v[i] = bl_get_flat(t, i);
-    return v;
-}
-
-static double max_diff_to(const bl_tensor *t, const double *ref, int64_t n) {
-    if (!t || bl_numel(t) != n) return INFINITY;
-    double worst = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double d = fabs(bl_get_flat(t, i) - ref[i]) / (1.0 + fabs(ref[i]));
-        if (!(d <= worst)) worst = d;
-    }
-    return worst;
-}
-
 /* An F64 leaf holding a copy of t's values, for gradient checks. */
 static bl_tensor *f64_leaf(const bl_tensor *t) {
     bl_tensor *c = bl_empty(BL_F64, t->ndim, t->shape);
@@ -200,14 +183,14 @@ static void test_linear_layer(void) {
 
     bl_tensor *x = test_randn(BL_F32, BL_SHAPE(2, 3, 5), 11);
     double *ref = bl_arena_alloc(6 * 7 * sizeof *ref);
-    naive_linear(values(x), 6, 5, values(fc.weight), values(fc.bias), 7, ref);
+    naive_linear(test_values(x), 6, 5, test_values(fc.weight), test_values(fc.bias), 7, ref);
     bl_tensor *y = bl_linear_layer_forward(&fc, x);
     CHECK(has_shape(y, BL_SHAPE(2, 3, 7)));
-    CHECK(max_diff_to(y, ref, 42) < 1e-5);
+    CHECK(test_max_rel_diff_values(y, ref, 42) < 1e-5);
     /* non-contiguous input */
     bl_tensor *xt = bl_transpose(test_randn(BL_F32, BL_SHAPE(5, 4), 12), 0, 1);
-    naive_linear(values(xt), 4, 5, values(nb.weight), NULL, 3, ref);
-    CHECK(max_diff_to(bl_linear_layer_forward(&nb, xt), ref, 12) < 1e-5);
+    naive_linear(test_values(xt), 4, 5, test_values(nb.weight), NULL, 3, ref);
+    CHECK(test_max_rel_diff_values(bl_linear_layer_forward(&nb, xt), ref, 12) < 1e-5);
     CHECK(bl_linear_layer_forward(&fc, test_randn(BL_F32, BL_SHAPE(2, 4), 1)) == NULL);
     CHECK(strstr(bl_last_error(), "Linear(5 -> 7)") != NULL);
     bl_clear_error();
@@ -239,10 +222,10 @@ static void test_conv2d_layer(void) {
         bl_tensor *x = test_randn(types[k], BL_SHAPE(2, 3, 7, 6), 21);
         double *ref = bl_arena_alloc(2 * 4 * 4 * 3 * sizeof *ref);
         int64_t oh, ow;
-        naive_conv2d(values(x), 2, 3, 7, 6, values(c.weight), values(c.bias), 4, 3, 2, 1, ref, &oh, &ow);
+        naive_conv2d(test_values(x), 2, 3, 7, 6, test_values(c.weight), test_values(c.bias), 4, 3, 2, 1, ref, &oh, &ow);
         bl_tensor *y = bl_conv2d_layer_forward(&c, x);
         CHECK(has_shape(y, BL_SHAPE(2, 4, 4, 3)), "%s", y ? bl_shape_str(y, (char[64]){0}, 64) : "NULL");
-        CHECK(max_diff_to(y, ref, 2 * 4 * oh * ow) < (k ? 1e-12 : 1e-5));
+        CHECK(test_max_rel_diff_values(y, ref, 2 * 4 * oh * ow) < (k ? 1e-12 : 1e-5));
     }
     CHECK(bl_conv2d_layer_forward(&conv, test_randn(BL_F32, BL_SHAPE(1, 2, 5, 5), 3)) == NULL);
     CHECK(strstr(bl_last_error(), "Conv2d(3 -> 4") != NULL);
@@ -274,7 +257,7 @@ static void test_batchnorm_train_and_eval(void) {
     const int64_t N = 4, C = 3, L = 5;
     bl_tensor *x = test_randn(BL_F32, BL_SHAPE(4, 3, 5), 31);
     for (int64_t i = 0; i < N * C * L; i++) bl_set_flat(x, i, bl_get_flat(x, i) * (1 + (i / L) % C) + (i / L) % C);
-    double *xv = values(x), mean[3] = {0}, var[3] = {0}, ref[60];
+    double *xv = test_values(x), mean[3] = {0}, var[3] = {0}, ref[60];
     for (int64_t i = 0; i < 60; i++) mean[(i / L) % C] += xv[i] / (N * L);
     for (int64_t i = 0; i < 60; i++) var[(i / L) % C] += pow(xv[i] - mean[(i / L) % C], 2) / (N * L);
 
@@ -283,7 +266,7 @@ static void test_batchnorm_train_and_eval(void) {
         int c = (int)((i / L) % C);
         ref[i] = (xv[i] - mean[c]) / sqrt(var[c] + 1e-5) * w[c] + b[c];
     }
-    CHECK(max_diff_to(y, ref, 60) < 1e-5, "training normalizes with the batch's biased variance");
+    CHECK(test_max_rel_diff_values(y, ref, 60) < 1e-5, "training normalizes with the batch's biased variance");
     int64_t count = N * L;
     for (int c = 0; c < 3; c++) {
         CHECK_CLOSE(bl_get_flat(bn.running_mean, c), 0.1 * mean[c], 1e-5);
@@ -301,12 +284,12 @@ static void test_batchnorm_train_and_eval(void) {
         int c = (int)((i / L) % C);
         ref[i] = (xv[i] - rm[c]) / sqrt(rv[c] + 1e-5) * w[c] + b[c];
     }
-    CHECK(max_diff_to(e, ref, 60) < 1e-5, "eval normalizes with the running statistics");
+    CHECK(test_max_rel_diff_values(e, ref, 60) < 1e-5, "eval normalizes with the running statistics");
     CHECK(bl_get_flat(bn.running_mean, 1) == rm[1] && bl_get_flat(bn.running_var, 1) == rv[1]);
     CHECK(*(int64_t *)bn.num_batches_tracked->data == 1, "eval does not count batches");
     /* in eval a sample's output does not depend on the rest of the batch */
     bl_tensor *alone = bl_batchnorm_forward(&bn, bl_slice(x, 0, 1, 2, 1), false);
-    CHECK(max_diff_to(alone, ref + 15, 15) < 1e-5);
+    CHECK(test_max_rel_diff_values(alone, ref + 15, 15) < 1e-5);
     /* a second training batch moves the running mean by momentum again */
     bl_batchnorm_forward(&bn, x, true);
     CHECK_CLOSE(bl_get_flat(bn.running_mean, 2), 0.9 * rm[2] + 0.1 * mean[2], 1e-5);
@@ -342,28 +325,28 @@ static void test_norm_layers_match_naive(void) {
     /* LayerNorm over the last dim of (2, 3, 6) */
     bl_tensor *x = test_randn(BL_F32, BL_SHAPE(2, 3, 6), 41);
     double ref[120];
-    naive_layernorm(values(x), 6, 6, values(ln.weight), values(ln.bias), 1e-6, ref);
-    CHECK(max_diff_to(bl_layernorm_forward(&ln, x), ref, 36) < 1e-5);
+    naive_layernorm(test_values(x), 6, 6, test_values(ln.weight), test_values(ln.bias), 1e-6, ref);
+    CHECK(test_max_rel_diff_values(bl_layernorm_forward(&ln, x), ref, 36) < 1e-5);
     CHECK(bl_layernorm_forward(&ln, test_randn(BL_F32, BL_SHAPE(2, 5), 1)) == NULL);
     CHECK(strstr(bl_last_error(), "LayerNorm(6)") != NULL);
     bl_clear_error();
 
     /* GroupNorm(2, 4) on (2, 4, 3, 3): each group is 2 channels x 9 pixels, then per-channel affine */
     bl_tensor *g = test_randn(BL_F32, BL_SHAPE(2, 4, 3, 3), 42);
-    double *gv = values(g), *gw = values(gn.weight), *gb = values(gn.bias);
+    double *gv = test_values(g), *gw = test_values(gn.weight), *gb = test_values(gn.bias);
     double ones[18], zeros[18];
     for (int i = 0; i < 18; i++) ones[i] = 1, zeros[i] = 0;
     naive_layernorm(gv, 4, 18, ones, zeros, 1e-5, ref); /* rows = (sample, group) */
     for (int i = 0; i < 72; i++) ref[i] = ref[i] * gw[(i / 9) % 4] + gb[(i / 9) % 4];
-    CHECK(max_diff_to(bl_groupnorm_forward(&gn, g), ref, 72) < 1e-5);
+    CHECK(test_max_rel_diff_values(bl_groupnorm_forward(&gn, g), ref, 72) < 1e-5);
 
     /* InstanceNorm on (2, 3, 4, 5): each (sample, channel) plane on its own */
     bl_tensor *z = test_randn(BL_F32, BL_SHAPE(2, 3, 4, 5), 43);
-    double *iw = values(in.weight), *ib = values(in.bias), ones20[20], zeros20[20];
+    double *iw = test_values(in.weight), *ib = test_values(in.bias), ones20[20], zeros20[20];
     for (int i = 0; i < 20; i++) ones20[i] = 1, zeros20[i] = 0;
-    naive_layernorm(values(z), 6, 20, ones20, zeros20, 1e-5, ref);
+    naive_layernorm(test_values(z), 6, 20, ones20, zeros20, 1e-5, ref);
     for (int i = 0; i < 120; i++) ref[i] = ref[i] * iw[(i / 20) % 3] + ib[(i / 20) % 3];
-    CHECK(max_diff_to(bl_instancenorm_forward(&in, z), ref, 120) < 1e-5);
+    CHECK(test_max_rel_diff_values(bl_instancenorm_forward(&in, z), ref, 120) < 1e-5);
     bl_params_free(&ps);
 }
 
@@ -403,11 +386,11 @@ static void test_mlp_matches_naive(void) {
     CHECK(bl_params_finalize(&ps) == BL_OK);
     bl_tensor *x = test_randn(BL_F32, BL_SHAPE(2, 4, 5), 51);
     double h[56], ref[24];
-    naive_linear(values(x), 8, 5, values(mlp.fc1.weight), values(mlp.fc1.bias), 7, h);
+    naive_linear(test_values(x), 8, 5, test_values(mlp.fc1.weight), test_values(mlp.fc1.bias), 7, h);
     for (int i = 0; i < 56; i++) h[i] = naive_gelu(h[i]);
-    naive_linear(h, 8, 7, values(mlp.fc2.weight), values(mlp.fc2.bias), 3, ref);
+    naive_linear(h, 8, 7, test_values(mlp.fc2.weight), test_values(mlp.fc2.bias), 3, ref);
     bl_tensor *y = bl_mlp_forward(&mlp, x, true);
-    CHECK(has_shape(y, BL_SHAPE(2, 4, 3)) && max_diff_to(y, ref, 24) < 1e-5);
+    CHECK(has_shape(y, BL_SHAPE(2, 4, 3)) && test_max_rel_diff_values(y, ref, 24) < 1e-5);
     bl_params_free(&ps);
 }
 
@@ -426,10 +409,10 @@ static void test_mha_matches_naive(void) {
     const int64_t B = 2, T = 5, D = 6;
     bl_tensor *x = test_randn(BL_F32, BL_SHAPE(2, 5, 6), 61);
     double ref[60];
-    naive_mha(values(x), B, T, D, 3, values(attn.qkv.weight), values(attn.qkv.bias), values(attn.proj.weight),
-              values(attn.proj.bias), NULL, ref);
+    naive_mha(test_values(x), B, T, D, 3, test_values(attn.qkv.weight), test_values(attn.qkv.bias), test_values(attn.proj.weight),
+              test_values(attn.proj.bias), NULL, ref);
     bl_tensor *y = bl_mha_forward(&attn, x, NULL, false);
-    CHECK(has_shape(y, BL_SHAPE(2, 5, 6)) && max_diff_to(y, ref, 60) < 1e-5, "%g", max_diff_to(y, ref, 60));
+    CHECK(has_shape(y, BL_SHAPE(2, 5, 6)) && test_max_rel_diff_values(y, ref, 60) < 1e-5, "%g", test_max_rel_diff_values(y, ref, 60));
     /* a boolean (T, T) mask, broadcast over batch and heads; true = attend */
     int mask[25];
     bl_tensor *m = bl_empty(BL_BOOL, BL_SHAPE(5, 5));
@@ -437,15 +420,15 @@ static void test_mha_matches_naive(void) {
         mask[i] = (i / 5 + 2 * (i % 5)) % 3 != 1 || i % 6 == 0; /* irregular, every row keeps its diagonal */
         bl_set_flat(m, i, mask[i]);
     }
-    naive_mha(values(x), B, T, D, 3, values(attn.qkv.weight), values(attn.qkv.bias), values(attn.proj.weight),
-              values(attn.proj.bias), mask, ref);
-    CHECK(max_diff_to(bl_mha_forward(&attn, x, m, false), ref, 60) < 1e-5);
+    naive_mha(test_values(x), B, T, D, 3, test_values(attn.qkv.weight), test_values(attn.qkv.bias), test_values(attn.proj.weight),
+              test_values(attn.proj.bias), mask, ref);
+    CHECK(test_max_rel_diff_values(bl_mha_forward(&attn, x, m, false), ref, 60) < 1e-5);
     /* non-contiguous input */
     bl_tensor *xt = bl_transpose(bl_contiguous(bl_transpose(x, 0, 1)), 0, 1);
     CHECK(!bl_is_contiguous(xt));
-    naive_mha(values(xt), B, T, D, 3, values(attn.qkv.weight), values(attn.qkv.bias), values(attn.proj.weight),
-              values(attn.proj.bias), NULL, ref);
-    CHECK(max_diff_to(bl_mha_forward(&attn, xt, NULL, false), ref, 60) < 1e-5);
+    naive_mha(test_values(xt), B, T, D, 3, test_values(attn.qkv.weight), test_values(attn.qkv.bias), test_values(attn.proj.weight),
+              test_values(attn.proj.bias), NULL, ref);
+    CHECK(test_max_rel_diff_values(bl_mha_forward(&attn, xt, NULL, false), ref, 60) < 1e-5);
     CHECK(bl_mha_forward(&attn, test_randn(BL_F32, BL_SHAPE(2, 5), 1), NULL, false) == NULL);
     CHECK(strstr(bl_last_error(), "Attention(dim 6, 3 heads)") != NULL);
     bl_clear_error();
@@ -457,14 +440,14 @@ static void block_naive(const bl_transformer_block *blk, const double *x, int64_
     int64_t n = B * T * D;
     double *h = bl_arena_alloc((size_t)n * sizeof *h), *a = bl_arena_alloc((size_t)n * sizeof *a);
     double *u = bl_arena_alloc((size_t)(B * T * hidden) * sizeof *u);
-    naive_layernorm(x, B * T, D, values(blk->norm1.weight), values(blk->norm1.bias), blk->norm1.eps, h);
-    naive_mha(h, B, T, D, blk->attn.heads, values(blk->attn.qkv.weight), values(blk->attn.qkv.bias),
-              values(blk->attn.proj.weight), values(blk->attn.proj.bias), NULL, a);
+    naive_layernorm(x, B * T, D, test_values(blk->norm1.weight), test_values(blk->norm1.bias), blk->norm1.eps, h);
+    naive_mha(h, B, T, D, blk->attn.heads, test_values(blk->attn.qkv.weight), test_values(blk->attn.qkv.bias),
+              test_values(blk->attn.proj.weight), test_values(blk->attn.proj.bias), NULL, a);
     for (int64_t i = 0; i < n; i++) a[i] += x[i];
-    naive_layernorm(a, B * T, D, values(blk->norm2.weight), values(blk->norm2.bias), blk->norm2.eps, h);
-    naive_linear(h, B * T, D, values(blk->mlp.fc1.weight), values(blk->mlp.fc1.bias), hidden, u);
+    naive_layernorm(a, B * T, D, test_values(blk->norm2.weight), test_values(blk->norm2.bias), blk->norm2.eps, h);
+    naive_linear(h, B * T, D, test_values(blk->mlp.fc1.weight), test_values(blk->mlp.fc1.bias), hidden, u);
     for (int64_t i = 0; i < B * T * hidden; i++) u[i] = naive_gelu(u[i]);
-    naive_linear(u, B * T, hidden, values(blk->mlp.fc2.weight), values(blk->mlp.fc2.bias), D, out);
+    naive_linear(u, B * T, hidden, test_values(blk->mlp.fc2.weight), test_values(blk->mlp.fc2.bias), D, out);
     for (int64_t i = 0; i < n; i++) out[i] += a[i];
 }
 
@@ -490,9 +473,9 @@ static void test_transformer_block_matches_naive(void) {
     fill_randn(blk.norm2.bias, 4, 0, 0.3);
     bl_tensor *x = test_randn(BL_F32, BL_SHAPE(2, 3, 8), 71);
     double ref[48];
-    block_naive(&blk, values(x), 2, 3, 8, 16, ref);
+    block_naive(&blk, test_values(x), 2, 3, 8, 16, ref);
     bl_tensor *y = bl_transformer_block_forward(&blk, x, false);
-    CHECK(has_shape(y, BL_SHAPE(2, 3, 8)) && max_diff_to(y, ref, 48) < 1e-5, "%g", max_diff_to(y, ref, 48));
+    CHECK(has_shape(y, BL_SHAPE(2, 3, 8)) && test_max_rel_diff_values(y, ref, 48) < 1e-5, "%g", test_max_rel_diff_values(y, ref, 48));
     bl_params_free(&ps);
 }
 

@@ -7,27 +7,9 @@
 
 static const bl_reduction reductions[3] = {BL_REDUCE_MEAN, BL_REDUCE_SUM, BL_REDUCE_NONE};
 
-/* The tensor's elements in logical (row-major) order, as doubles in the arena. */
-static double *values_of(const bl_tensor *t) {
-    double *v = bl_arena_alloc((size_t)(bl_numel(t) ? bl_numel(t) : 1) * sizeof *v);
-    for (int64_t i = 0; i < bl_numel(t); i++) v[i] = bl_get_flat(t, i);
-    return v;
-}
-
 static bl_tensor *leaf(bl_tensor *t) {
     if (t) t->requires_grad = true;
     return t;
-}
-
-/* Largest |a_i - b_i| / (1 + |b_i|) between a tensor and n doubles. */
-static double max_rel_diff_values(const bl_tensor *a, const double *b, int64_t n) {
-    if (!a || bl_numel(a) != n) return INFINITY;
-    double worst = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double d = fabs(bl_get_flat(a, i) - b[i]) / (1.0 + fabs(b[i]));
-        if (!(d <= worst)) worst = d;
-    }
-    return worst;
 }
 
 /* dL/dx of `out` (weighted by grad_out when not NULL), through the fused kernels or, with
@@ -181,9 +163,9 @@ static void test_cross_entropy_matches_torch(void) {
         args.reduction = BL_REDUCE_SUM;
         CHECK_CLOSE(bl_item(bl_cross_entropy(x, t, args)), torch_sum, tol);
         args.reduction = BL_REDUCE_NONE;
-        CHECK(max_rel_diff_values(bl_cross_entropy(x, t, args), torch_none, 3) < tol);
-        CHECK(max_rel_diff_values(gradient(mean, NULL, x, false), torch_grad, 12) < tol);
-        CHECK(max_rel_diff_values(gradient(mean, NULL, x, true), torch_grad, 12) < tol);
+        CHECK(test_max_rel_diff_values(bl_cross_entropy(x, t, args), torch_none, 3) < tol);
+        CHECK(test_max_rel_diff_values(gradient(mean, NULL, x, false), torch_grad, 12) < tol);
+        CHECK(test_max_rel_diff_values(gradient(mean, NULL, x, true), torch_grad, 12) < tol);
         CHECK_CLOSE(bl_item(bl_cross_entropy(x, bl_from_data(BL_I64, BL_SHAPE(3), t_plain), bl_ce_args_default())),
                     2.377711623216345, tol);
 
@@ -197,7 +179,7 @@ static void test_cross_entropy_matches_torch(void) {
         sargs.reduction = BL_REDUCE_NONE;
         bl_tensor *none = bl_cross_entropy(xs, ts, sargs);
         CHECK(none && none->ndim == 2 && none->shape[0] == 2 && none->shape[1] == 2);
-        CHECK(max_rel_diff_values(none, torch_spatial_none, 4) < tol);
+        CHECK(test_max_rel_diff_values(none, torch_spatial_none, 4) < tol);
     }
 }
 
@@ -221,20 +203,20 @@ static void check_cross_entropy_case(const ce_layout *l, uint64_t seed, bl_dtype
     double *rows = bl_arena_alloc((size_t)rows_n * sizeof *rows);
     double *grad = bl_arena_alloc((size_t)(rows_n * k.C) * sizeof *grad);
     bl_tensor *upstream = reduction == BL_REDUCE_NONE ? test_randn(dt, t->ndim, t->shape, 300 + seed) : NULL;
-    double expected = naive_cross_entropy(&k, values_of(x), t->data, upstream ? values_of(upstream) : NULL, rows, grad);
+    double expected = naive_cross_entropy(&k, test_values(x), t->data, upstream ? test_values(upstream) : NULL, rows, grad);
     bl_tensor *loss = bl_cross_entropy(x, t, args);
     CHECK(loss, "%s", label);
     if (!loss) return;
     if (reduction == BL_REDUCE_NONE) {
         CHECK(bl_same_shape(loss, t), "%s", label);
-        CHECK(max_rel_diff_values(loss, rows, rows_n) < tol, "%s", label);
+        CHECK(test_max_rel_diff_values(loss, rows, rows_n) < tol, "%s", label);
     } else {
         CHECK(loss->ndim == 0, "%s", label);
         CHECK(fabs(bl_item(loss) - expected) < tol * (1 + fabs(expected)), "%s: %.10g vs %.10g", label,
               bl_item(loss), expected);
     }
-    double kernel_err = max_rel_diff_values(gradient(loss, upstream, x, false), grad, rows_n * k.C);
-    double composite_err = max_rel_diff_values(gradient(loss, upstream, x, true), grad, rows_n * k.C);
+    double kernel_err = test_max_rel_diff_values(gradient(loss, upstream, x, false), grad, rows_n * k.C);
+    double composite_err = test_max_rel_diff_values(gradient(loss, upstream, x, true), grad, rows_n * k.C);
     CHECK(kernel_err < tol && composite_err < tol, "%s: gradient error %g (kernel), %g (ops)", label, kernel_err,
           composite_err);
 }
@@ -279,11 +261,11 @@ static void test_cross_entropy_without_grad(void) {
     CHECK_CLOSE(bl_item(without), bl_item(with_grad), 1e-7);
     ce_case k = {40, 1000, 1, NULL, 0.05, -100, BL_REDUCE_MEAN};
     double *rows = bl_arena_alloc(40 * sizeof *rows), *grad = bl_arena_alloc(40000 * sizeof *grad);
-    double expected = naive_cross_entropy(&k, values_of(x), t->data, NULL, rows, grad);
+    double expected = naive_cross_entropy(&k, test_values(x), t->data, NULL, rows, grad);
     CHECK_CLOSE(bl_item(without), expected, 1e-5);
-    CHECK(max_rel_diff_values(gradient(with_grad, NULL, x, false), grad, 40000) < 1e-6);
+    CHECK(test_max_rel_diff_values(gradient(with_grad, NULL, x, false), grad, 40000) < 1e-6);
     /* The graph is kept until the scope ends: a second backward gives the same gradient. */
-    CHECK(max_rel_diff_values(gradient(with_grad, NULL, x, false), grad, 40000) < 1e-6);
+    CHECK(test_max_rel_diff_values(gradient(with_grad, NULL, x, false), grad, 40000) < 1e-6);
 }
 
 /* Logits far apart: the loss of a target whose probability underflows float is still finite and
@@ -300,7 +282,7 @@ static void test_cross_entropy_extreme_logits(void) {
     args.reduction = BL_REDUCE_SUM;
     bl_tensor *loss = bl_cross_entropy(x, bl_from_data(BL_I64, BL_SHAPE(1), target), args);
     CHECK_CLOSE(bl_item(loss), expected, 1e-6);
-    CHECK(max_rel_diff_values(gradient(loss, NULL, x, false), grad, 11) < 1e-6);
+    CHECK(test_max_rel_diff_values(gradient(loss, NULL, x, false), grad, 11) < 1e-6);
     /* The same row at two spatial positions. */
     bl_tensor *spatial = bl_contiguous(bl_expand(bl_unsqueeze(x, 2), BL_SHAPE(1, 11, 2)));
     const int64_t targets[2] = {3, 3};
@@ -358,7 +340,7 @@ static void test_nll_loss(void) {
                 args.label_smoothing = si ? 0.3 : 0.0;
                 args.reduction = reductions[ri];
                 bl_tensor *upstream = args.reduction == BL_REDUCE_NONE ? test_randn(dt, 2, t->shape, 63) : NULL;
-                const double *xv = values_of(x), *up = upstream ? values_of(upstream) : NULL;
+                const double *xv = test_values(x), *up = upstream ? test_values(upstream) : NULL;
                 const int64_t *tv = t->data;
                 double rows[6], grad[24], total = 0, total_weight = 0;
                 for (int64_t n = 0; n < 3; n++)
@@ -381,10 +363,10 @@ static void test_nll_loss(void) {
                                                                   : 1.0;
                 bl_tensor *loss = bl_nll_loss(x, t, args);
                 if (args.reduction == BL_REDUCE_NONE)
-                    CHECK(max_rel_diff_values(loss, rows, 6) < tol);
+                    CHECK(test_max_rel_diff_values(loss, rows, 6) < tol);
                 else
                     CHECK_CLOSE(bl_item(loss), args.reduction == BL_REDUCE_SUM ? total : total / total_weight, tol);
-                CHECK(max_rel_diff_values(gradient(loss, upstream, x, false), grad, 24) < tol, "dtype %d smooth %d "
+                CHECK(test_max_rel_diff_values(gradient(loss, upstream, x, false), grad, 24) < tol, "dtype %d smooth %d "
                       "reduction %d", di, si, ri);
             }
     /* Without smoothing only the target's log-probability is read, so -inf elsewhere is harmless. */
@@ -431,7 +413,7 @@ static void test_cross_entropy_soft(void) {
                 bl_tensor *t = soft_targets(dt, ndim, shape, 72);
                 bl_tensor *upstream = NULL;
                 if (reductions[ri] == BL_REDUCE_NONE) upstream = test_randn(dt, ndim - 1, (int64_t[]){N, S}, 74);
-                const double *xv = values_of(x), *tv = values_of(t), *up = upstream ? values_of(upstream) : NULL;
+                const double *xv = test_values(x), *tv = test_values(t), *up = upstream ? test_values(upstream) : NULL;
                 double rows[12], grad[60], total = 0;
                 for (int64_t n = 0; n < N; n++)
                     for (int64_t s = 0; s < S; s++) {
@@ -450,10 +432,10 @@ static void test_cross_entropy_soft(void) {
                     }
                 bl_tensor *loss = bl_cross_entropy_soft(x, t, reductions[ri]);
                 if (reductions[ri] == BL_REDUCE_NONE)
-                    CHECK(max_rel_diff_values(loss, rows, N * S) < tol);
+                    CHECK(test_max_rel_diff_values(loss, rows, N * S) < tol);
                 else
                     CHECK_CLOSE(bl_item(loss), reductions[ri] == BL_REDUCE_SUM ? total : total / (double)(N * S), tol);
-                CHECK(max_rel_diff_values(gradient(loss, upstream, x, false), grad, N * C * S) < tol);
+                CHECK(test_max_rel_diff_values(gradient(loss, upstream, x, false), grad, N * C * S) < tol);
                 if (dt == BL_F64) {
                     bl_tensor *in[2] = {x, leaf(t)};
                     bl_reduction r = reductions[ri];
@@ -556,7 +538,7 @@ static void test_pointwise_losses(void) {
                     }
                     const int64_t n = bl_numel(x);
                     bl_tensor *upstream = k.reduction == BL_REDUCE_NONE ? test_randn(dt, 2, x->shape, 83) : NULL;
-                    const double *xv = values_of(x), *yv = values_of(y), *up = upstream ? values_of(upstream) : NULL;
+                    const double *xv = test_values(x), *yv = test_values(y), *up = upstream ? test_values(upstream) : NULL;
                     double values[15], grad[15], total = 0;
                     double divisor = k.reduction != BL_REDUCE_MEAN ? 1.0 : kind == LOSS_KL ? (double)x->shape[0] : (double)n;
                     for (int64_t i = 0; i < n; i++) {
@@ -568,12 +550,12 @@ static void test_pointwise_losses(void) {
                     bl_tensor *in[3] = {x, y, pw};
                     bl_tensor *loss = pointwise_loss(in, &k);
                     if (k.reduction == BL_REDUCE_NONE)
-                        CHECK(max_rel_diff_values(loss, values, n) < tol, "kind %d variant %d dtype %d", kind, variant, di);
+                        CHECK(test_max_rel_diff_values(loss, values, n) < tol, "kind %d variant %d dtype %d", kind, variant, di);
                     else
                         CHECK(loss && fabs(bl_item(loss) - total / divisor) < tol * (1 + fabs(total / divisor)),
                               "kind %d variant %d dtype %d reduction %d: %.10g vs %.10g", kind, variant, di, ri,
                               loss ? bl_item(loss) : NAN, total / divisor);
-                    CHECK(max_rel_diff_values(gradient(loss, upstream, x, false), grad, n) < tol,
+                    CHECK(test_max_rel_diff_values(gradient(loss, upstream, x, false), grad, n) < tol,
                           "kind %d variant %d dtype %d reduction %d: input gradient", kind, variant, di, ri);
                     if (dt == BL_F64) {
                         /* Every float input differentiable; KL's targets kept away from 0, where the
@@ -623,7 +605,7 @@ static void test_pointwise_match_torch(void) {
         CHECK_CLOSE(bl_item(bl_smooth_l1_loss(a, b, 0.5, BL_REDUCE_MEAN)), 0.68375, tol);
         CHECK_CLOSE(bl_item(bl_mse_loss(a, b, BL_REDUCE_SUM)), 8.6925, tol);
         CHECK_CLOSE(bl_item(bl_bce_with_logits(a, b, pw, BL_REDUCE_MEAN)), 0.5587639697693478, tol);
-        CHECK(max_rel_diff_values(bl_cosine_similarity(a, b, 1, 1e-8), torch_cos, 2) < tol);
+        CHECK(test_max_rel_diff_values(bl_cosine_similarity(a, b, 1, 1e-8), torch_cos, 2) < tol);
         bl_tensor *kx = bl_log_softmax(bl_to_dtype(bl_from_data(BL_F64, BL_SHAPE(2, 3), kl_x), dt), 1);
         bl_tensor *kt = bl_to_dtype(bl_from_data(BL_F64, BL_SHAPE(2, 3), kl_t), dt);
         CHECK_CLOSE(bl_item(bl_kl_div(kx, kt, BL_REDUCE_MEAN)), 0.3188038299187371, tol);
@@ -697,7 +679,7 @@ static void test_l2_normalize(void) {
                 }
                 expected[i] = bl_get_flat(x, i) / sqrt(norm);
             }
-            CHECK(bl_same_shape(y, x) && max_rel_diff_values(y, expected, 60) < (dt == BL_F32 ? 1e-6 : 1e-14),
+            CHECK(bl_same_shape(y, x) && test_max_rel_diff_values(y, expected, 60) < (dt == BL_F32 ? 1e-6 : 1e-14),
                   "dim %d dtype %d", dim, di);
             if (dt == BL_F64) {
                 bl_tensor *in = leaf(bl_contiguous(x));
@@ -734,7 +716,7 @@ static void test_cosine_similarity(void) {
                 }
                 expected[i * 3 + j] = ab / (sqrt(aa) * sqrt(bb));
             }
-        CHECK(max_rel_diff_values(cos, expected, 12) < (dt == BL_F32 ? 1e-6 : 1e-14));
+        CHECK(test_max_rel_diff_values(cos, expected, 12) < (dt == BL_F32 ? 1e-6 : 1e-14));
         if (dt == BL_F64) {
             bl_tensor *in[2] = {leaf(a), leaf(b)};
             int dim = -1;

@@ -29,24 +29,6 @@ static const char *shape_of(const bl_tensor *t) {
     return t ? bl_shape_str(t, b, sizeof bufs[0]) : "(null)";
 }
 
-static double *to_doubles(const bl_tensor *t) {
-    if (!t) return NULL;
-    double *v = bl_arena_alloc((size_t)bl_numel(t) * sizeof *v);
-    for (int64_t i = 0; i < bl_numel(t); i++) v[i] = bl_get_flat(t, i);
-    return v;
-}
-
-/* Largest |got_i - want_i| / (1 + |want_i|) against n doubles. */
-static double max_rel_diff_to(const bl_tensor *got, const double *want, int64_t n) {
-    if (!got || bl_numel(got) != n) return INFINITY;
-    double worst = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double d = fabs(bl_get_flat(got, i) - want[i]) / (1.0 + fabs(want[i]));
-        if (!(d <= worst)) worst = d;
-    }
-    return worst;
-}
-
 static double tolerance(bl_dtype dt) { return dt == BL_F32 ? 2e-5 : 1e-12; }
 
 /* ---- naive computations in double ---- */
@@ -100,7 +82,7 @@ static void check_batch_norm_case(bl_dtype dt, int ndim, const int64_t *shape, b
     const int64_t n = N * C * S, M = N * S;
     bl_tensor *weight = affine ? randn(dt, 1, &C, seed + 1) : NULL, *bias = affine ? randn(dt, 1, &C, seed + 2) : NULL;
     bl_tensor *running_mean = bl_zeros(dt, 1, &C), *running_var = bl_ones(dt, 1, &C);
-    double *w = to_doubles(weight), *b = to_doubles(bias);
+    double *w = test_values(weight), *b = test_values(bias);
     double want_rmean[8], want_rvar[8], mean[8], var[8];
     for (int64_t c = 0; c < C; c++) {
         want_rmean[c] = 0;
@@ -113,24 +95,24 @@ static void check_batch_norm_case(bl_dtype dt, int ndim, const int64_t *shape, b
                                : randn(dt, ndim, shape, seed + 10 + step);
         bl_set_flat(x, 0, 3.0 + step); /* makes the channels' statistics differ between steps */
         bl_tensor *y = bl_batch_norm(x, weight, bias, running_mean, running_var, true, momentum, eps);
-        double *xd = to_doubles(x);
+        double *xd = test_values(x);
         naive_batch_stats(xd, N, C, S, mean, var);
         naive_channel_affine(xd, N, C, S, mean, var, w, b, eps, want);
-        CHECK(max_rel_diff_to(y, want, n) <= tol, "train y, %s step %d: %g", shape_of(x), step,
-              max_rel_diff_to(y, want, n));
+        CHECK(test_max_rel_diff_values(y, want, n) <= tol, "train y, %s step %d: %g", shape_of(x), step,
+              test_max_rel_diff_values(y, want, n));
         for (int64_t c = 0; c < C; c++) {
             want_rmean[c] = (1 - momentum) * want_rmean[c] + momentum * mean[c];
             want_rvar[c] = (1 - momentum) * want_rvar[c] + momentum * var[c] * (double)M / (double)(M - 1);
         }
-        CHECK(max_rel_diff_to(running_mean, want_rmean, C) <= tol, "running mean after step %d", step);
-        CHECK(max_rel_diff_to(running_var, want_rvar, C) <= tol, "running var after step %d", step);
+        CHECK(test_max_rel_diff_values(running_mean, want_rmean, C) <= tol, "running mean after step %d", step);
+        CHECK(test_max_rel_diff_values(running_var, want_rvar, C) <= tol, "running var after step %d", step);
     }
     /* Eval normalizes with the running statistics and leaves them alone. */
     bl_tensor *x = strided ? randn_strided(dt, ndim, shape, seed + 20) : randn(dt, ndim, shape, seed + 20);
     bl_tensor *y = bl_batch_norm(x, weight, bias, running_mean, running_var, false, momentum, eps);
-    naive_channel_affine(to_doubles(x), N, C, S, want_rmean, want_rvar, w, b, eps, want);
-    CHECK(max_rel_diff_to(y, want, n) <= tol, "eval y, %s: %g", shape_of(x), max_rel_diff_to(y, want, n));
-    CHECK(max_rel_diff_to(running_mean, want_rmean, C) <= tol, "eval changed the running mean");
+    naive_channel_affine(test_values(x), N, C, S, want_rmean, want_rvar, w, b, eps, want);
+    CHECK(test_max_rel_diff_values(y, want, n) <= tol, "eval y, %s: %g", shape_of(x), test_max_rel_diff_values(y, want, n));
+    CHECK(test_max_rel_diff_values(running_mean, want_rmean, C) <= tol, "eval changed the running mean");
     CHECK(y && y->dtype == dt && bl_same_shape(y, x), "eval output dtype and shape");
 }
 
@@ -155,7 +137,7 @@ static void test_batch_norm_partial_running_stats(void) {
     bl_tensor *y = bl_batch_norm(x, NULL, NULL, running_mean, NULL, true, 0.5, 1e-5);
     CHECK(y && !y->requires_grad && bl_tape_length() == tape, "nothing recorded");
     double mean[3], var[3];
-    naive_batch_stats(to_doubles(x), 4, 3, 2, mean, var);
+    naive_batch_stats(test_values(x), 4, 3, 2, mean, var);
     for (int64_t c = 0; c < C; c++) CHECK_CLOSE(bl_get_flat(running_mean, c), 0.5 * mean[c], 1e-12);
 }
 
@@ -173,9 +155,9 @@ static void check_layer_norm_case(bl_dtype dt, int ndim, const int64_t *shape, i
     bl_tensor *bias = affine ? randn(dt, norm_ndim, norm_shape, seed + 2) : NULL;
     bl_tensor *y = bl_layer_norm(x, norm_ndim, norm_shape, weight, bias, eps);
     double *want = bl_arena_alloc((size_t)(R * D) * sizeof *want);
-    naive_layer_norm(to_doubles(x), R, D, to_doubles(weight), to_doubles(bias), eps, want);
-    CHECK(max_rel_diff_to(y, want, R * D) <= tolerance(dt), "layer_norm %s over %d dims: %g", shape_of(x),
-          norm_ndim, max_rel_diff_to(y, want, R * D));
+    naive_layer_norm(test_values(x), R, D, test_values(weight), test_values(bias), eps, want);
+    CHECK(test_max_rel_diff_values(y, want, R * D) <= tolerance(dt), "layer_norm %s over %d dims: %g", shape_of(x),
+          norm_ndim, test_max_rel_diff_values(y, want, R * D));
 }
 
 static void test_layer_norm_matches_naive(void) {
@@ -200,17 +182,17 @@ static void check_group_norm_case(bl_dtype dt, int ndim, const int64_t *shape, i
     bl_tensor *x = strided ? randn_strided(dt, ndim, shape, seed) : randn(dt, ndim, shape, seed);
     bl_tensor *weight = affine ? randn(dt, 1, &C, seed + 1) : NULL, *bias = affine ? randn(dt, 1, &C, seed + 2) : NULL;
     bl_tensor *y = instance ? bl_instance_norm(x, weight, bias, eps) : bl_group_norm(x, groups, weight, bias, eps);
-    double *xd = to_doubles(x), *want = bl_arena_alloc((size_t)(N * C * S) * sizeof *want);
+    double *xd = test_values(x), *want = bl_arena_alloc((size_t)(N * C * S) * sizeof *want);
     double mean[64], var[64];
     /* Statistics per (sample, group): groups of C/G*S consecutive values. */
     naive_batch_stats(xd, 1, N * groups, C / groups * S, mean, var);
-    double *w = to_doubles(weight), *b = to_doubles(bias);
+    double *w = test_values(weight), *b = test_values(bias);
     for (int64_t i = 0; i < N * C * S; i++) {
         int64_t c = (i / S) % C, group = i / (C / groups * S);
         want[i] = (xd[i] - mean[group]) / sqrt(var[group] + eps) * (w ? w[c] : 1.0) + (b ? b[c] : 0.0);
     }
-    CHECK(max_rel_diff_to(y, want, N * C * S) <= tolerance(dt), "%s %s groups %d: %g",
-          instance ? "instance_norm" : "group_norm", shape_of(x), groups, max_rel_diff_to(y, want, N * C * S));
+    CHECK(test_max_rel_diff_values(y, want, N * C * S) <= tolerance(dt), "%s %s groups %d: %g",
+          instance ? "instance_norm" : "group_norm", shape_of(x), groups, test_max_rel_diff_values(y, want, N * C * S));
 }
 
 static void test_group_and_instance_norm_match_naive(void) {
