@@ -150,9 +150,20 @@ static void test_holdout_complement_subset(void) {
     const int64_t per_class[4] = {50, 30, 9, 1};
     bl_tensor *labels = make_labels(per_class, 4);
     int64_t *train, *val, nt, nv;
-    CHECK(bl_split_holdout(labels, 4, 10, 11, &train, &nt, &val, &nv) == BL_OK);
-    const int64_t expect_val[4] = {10, 10, 4, 0}; /* min(per_class, floor(n_c / 2)) */
+    /* from a pool nobody trains on, a class gives all it has up to per_class */
+    CHECK(bl_split_holdout(labels, 4, 10, 1.0, 11, &train, &nt, &val, &nv) == BL_OK);
+    const int64_t expect_pool[4] = {10, 10, 9, 1};
     int64_t got[4] = {0};
+    for (int64_t i = 0; i < nv; i++) got[((int64_t *)labels->data)[val[i]]]++;
+    for (int k = 0; k < 4; k++) CHECK(got[k] == expect_pool[k], "class %d: %lld", k, (long long)got[k]);
+    free(train);
+    free(val);
+    CHECK(bl_split_holdout(labels, 4, 10, 1.5, 11, &train, &nt, &val, &nv) == BL_ERR && strstr(bl_last_error(), "1.5"));
+    bl_clear_error();
+
+    CHECK(bl_split_holdout(labels, 4, 10, 0.5, 11, &train, &nt, &val, &nv) == BL_OK);
+    const int64_t expect_val[4] = {10, 10, 4, 0}; /* min(per_class, floor(n_c / 2)) */
+    memset(got, 0, sizeof got);
     for (int64_t i = 0; i < nv; i++) got[((int64_t *)labels->data)[val[i]]]++;
     for (int k = 0; k < 4; k++) CHECK(got[k] == expect_val[k], "class %d: %lld", k, (long long)got[k]);
     CHECK(nt + nv == 90);

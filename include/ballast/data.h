@@ -117,10 +117,11 @@ int bl_indices_load(const char *path, int64_t **indices, int64_t *n);
 int bl_indices_complement(const int64_t *indices, int64_t n, int64_t total, int64_t **out, int64_t *n_out);
 /* A new dataset of rows idx[0..n) of src (images, labels, num_classes, class names copied). */
 int bl_dataset_subset(const bl_dataset *src, const int64_t *idx, int64_t n, bl_dataset *out);
-/* A validation split drawn from training data: from each class c (with count n_c) a seeded random
- * min(per_class, floor(n_c / 2)) images go to val, so every class keeps at least half of its images
- * for training. Both index lists are ascending and malloc'ed; they partition [0, N). */
-int bl_split_holdout(const bl_tensor *labels, int64_t num_classes, int64_t per_class, uint64_t seed,
+/* A validation split drawn from labelled rows: from each class c (with count n_c) a seeded random
+ * min(per_class, floor(max_share * n_c)) rows go to val. max_share = 0.5 leaves every class at least
+ * half of its training images; 1 takes what it needs from a pool nobody trains on. Both index lists
+ * are ascending and malloc'ed; they partition [0, N). */
+int bl_split_holdout(const bl_tensor *labels, int64_t num_classes, int64_t per_class, double max_share, uint64_t seed,
                      int64_t **train_idx, int64_t *n_train, int64_t **val_idx, int64_t *n_val);
 
 /* ---- samplers --------------------------------------------------------------------------------- */

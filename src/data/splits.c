@@ -137,11 +137,12 @@ int bl_longtail_indices(const bl_tensor *labels, int64_t num_classes, const char
     return rc;
 }
 
-int bl_split_holdout(const bl_tensor *labels, int64_t num_classes, int64_t per_class, uint64_t seed,
+int bl_split_holdout(const bl_tensor *labels, int64_t num_classes, int64_t per_class, double max_share, uint64_t seed,
                      int64_t **train_idx, int64_t *n_train, int64_t **val_idx, int64_t *n_val) {
     *train_idx = *val_idx = NULL;
     *n_train = *n_val = 0;
     BL_CHECK_RC(per_class >= 0, "validation images per class must be >= 0, got %lld", (long long)per_class);
+    BL_CHECK_RC(max_share >= 0 && max_share <= 1, "validation share of a class must be in [0, 1], got %g", max_share);
     if (bl_class_counts(labels, num_classes, NULL) < 0) return BL_ERR;
     class_groups g;
     BL_TRY(group_by_class(labels, num_classes, &g));
@@ -156,7 +157,8 @@ int bl_split_holdout(const bl_tensor *labels, int64_t num_classes, int64_t per_c
     }
     int64_t nt = 0, nv = 0;
     for (int64_t c = 0; c < num_classes; c++) {
-        int64_t count = g.start[c + 1] - g.start[c], take = per_class < count / 2 ? per_class : count / 2;
+        int64_t count = g.start[c + 1] - g.start[c], most = (int64_t)floor(max_share * (double)count);
+        int64_t take = per_class < most ? per_class : most;
         int64_t *members = g.members + g.start[c];
         bl_rng r = bl_rng_make(seed, PURPOSE_HOLDOUT + (uint64_t)c);
         bl_rng_shuffle(&r, members, count);

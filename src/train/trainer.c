@@ -217,7 +217,7 @@ static int top_up_validation(const bl_run *run, const bl_dataset *full, int64_t 
     bl_dataset sub = {0};
     int64_t *keep = NULL, *held = NULL, n_keep = 0, n_held = 0;
     int rc = bl_dataset_subset(full, *subset, *n_subset, &sub);
-    if (rc == BL_OK) rc = bl_split_holdout(sub.labels, k, per_class, seed, &keep, &n_keep, &held, &n_held);
+    if (rc == BL_OK) rc = bl_split_holdout(sub.labels, k, per_class, 0.5, seed, &keep, &n_keep, &held, &n_held);
     bl_dataset_free(&sub);
     int64_t *grown = rc == BL_OK ? realloc(*val, (size_t)(*n_val + n_held + 1) * sizeof *grown) : NULL;
     bool *moved = rc == BL_OK ? calloc((size_t)(*n_subset + 1), sizeof *moved) : NULL;
@@ -298,7 +298,7 @@ static int choose_rows(bl_run *run, const bl_dataset *full, int64_t **train_idx,
                 int64_t *keep = NULL, *held = NULL, n_keep = 0, n_held = 0;
                 rc = bl_dataset_subset(full, rest, n_rest, &rest_ds);
                 if (rc == BL_OK)
-                    rc = bl_split_holdout(rest_ds.labels, run->num_classes, per_class, seed, &keep, &n_keep, &held,
+                    rc = bl_split_holdout(rest_ds.labels, run->num_classes, per_class, 1.0, seed, &keep, &n_keep, &held,
                                           &n_held);
                 bl_dataset_free(&rest_ds);
                 if (rc == BL_OK) {

@@ -88,8 +88,6 @@ _Static_assert(SMALL_S <= COLUMNS, "a block holds at least one channel");
  * move to double (see the channels-last kernels below). */
 #define RUN_WIDTH 512
 #define FLUSH_RUNS 64
-/* Columns summed together in registers: one 512-bit vector of floats. */
-#define LANES 16
 
 /* Batch statistics from the sums of deviations from `shift` over M values. */
 static void channel_stats(double sum, double sumsq, double M, float shift, float *mean, float *var) {
@@ -430,111 +428,54 @@ static void flush(const rows_scratch *rs, float *s1, float *s2, double *sum) {
     }
 }
 
-/* Column sums over `runs` whole runs (each `width` values, one after the other from x):
- * s1[j] += sum(x - shift_run[j]), s2[j] += sum((x - shift_run[j])^2). The columns are taken LANES
- * at a time down all the runs, so the partial sums stay in registers and each value is read once. */
-static void block_moments(const float *x, int64_t width, int64_t runs, const float *shift_run, float *s1, float *s2) {
-    int64_t j0 = 0;
-    for (; j0 + LANES <= width; j0 += LANES) {
-        float a1[LANES] = {0}, a2[LANES] = {0};
-        for (int64_t k = 0; k < runs; k++) {
-            const float *xr = x + k * width + j0;
-#pragma omp simd
-            for (int l = 0; l < LANES; l++) {
-                float d = xr[l] - shift_run[j0 + l];
-                a1[l] += d;
-                a2[l] += d * d;
-            }
-        }
-        for (int l = 0; l < LANES; l++) {
-            s1[j0 + l] += a1[l];
-            s2[j0 + l] += a2[l];
-        }
-    }
-    for (int64_t k = 0; k < runs; k++)
-        for (int64_t j = j0; j < width; j++) {
-            float d = x[k * width + j] - shift_run[j];
-            s1[j] += d;
-            s2[j] += d * d;
-        }
-}
-
-/* The same for the gradient: s1[j] += sum(gz), s2[j] += sum(gz * (x - mean_run[j])), gz = g masked
- * by y (the ReLU's output) when y is not NULL. */
-static void block_grad_moments(const float *g, const float *y, const float *x, int64_t width, int64_t runs,
-                               const float *mean_run, float *s1, float *s2) {
-    int64_t j0 = 0;
-    for (; j0 + LANES <= width; j0 += LANES) {
-        float a1[LANES] = {0}, a2[LANES] = {0};
-        for (int64_t k = 0; k < runs; k++) {
-            const int64_t at = k * width + j0;
-            if (y) {
-#pragma omp simd
-                for (int l = 0; l < LANES; l++) {
-                    float gz = y[at + l] > 0 ? g[at + l] : 0.0f;
-                    a1[l] += gz;
-                    a2[l] += gz * (x[at + l] - mean_run[j0 + l]);
-                }
-            } else {
-#pragma omp simd
-                for (int l = 0; l < LANES; l++) {
-                    a1[l] += g[at + l];
-                    a2[l] += g[at + l] * (x[at + l] - mean_run[j0 + l]);
-                }
-            }
-        }
-        for (int l = 0; l < LANES; l++) {
-            s1[j0 + l] += a1[l];
-            s2[j0 + l] += a2[l];
-        }
-    }
-    for (int64_t k = 0; k < runs; k++)
-        for (int64_t j = j0; j < width; j++) {
-            const int64_t at = k * width + j;
-            float gz = !y || y[at] > 0 ? g[at] : 0.0f;
-            s1[j] += gz;
-            s2[j] += gz * (x[at] - mean_run[j]);
-        }
-}
-
-/* The thread's slice gets sum(x - shift), sum((x - shift)^2) per channel over rows [r0, r1): blocks
- * of FLUSH_RUNS runs summed in float, then moved to double; a last partial run as a short one. */
+/* The thread's slice gets sum(x - shift), sum((x - shift)^2) per channel over rows [r0, r1). */
 static void rows_moments(const rows_scratch *rs, const float *x, const float *shift_run, int64_t r0, int64_t r1,
                          float *s1, float *s2, double *sum) {
     const int64_t C = rs->C, per_run = rs->width / C;
     memset(s1, 0, (size_t)rs->width * sizeof *s1);
     memset(s2, 0, (size_t)rs->width * sizeof *s2);
-    for (int64_t r = r0; r < r1;) {
-        const int64_t runs = min_i64(FLUSH_RUNS, (r1 - r) / per_run);
-        if (runs > 0) {
-            block_moments(x + r * C, rs->width, runs, shift_run, s1, s2);
-            r += runs * per_run;
-        } else { /* fewer rows than a run: a run of their width */
-            block_moments(x + r * C, (r1 - r) * C, 1, shift_run, s1, s2);
-            r = r1;
+    for (int64_t r = r0, runs = 0; r < r1; r += per_run) {
+        const int64_t n = min_i64(per_run, r1 - r) * C;
+        const float *xr = x + r * C;
+#pragma omp simd
+        for (int64_t j = 0; j < n; j++) {
+            float d = xr[j] - shift_run[j];
+            s1[j] += d;
+            s2[j] += d * d;
         }
-        flush(rs, s1, s2, sum);
+        if (++runs % FLUSH_RUNS == 0) flush(rs, s1, s2, sum);
     }
+    flush(rs, s1, s2, sum);
 }
 
-/* The thread's slice gets sum(gz), sum(gz * (x - mean)) per channel over rows [r0, r1). */
+/* The thread's slice gets sum(gz), sum(gz * (x - mean)) per channel over rows [r0, r1), gz = g
+ * masked by y (the ReLU's output) when y is not NULL. */
 static void rows_grad_moments(const rows_scratch *rs, const float *g, const float *y, const float *x,
                               const float *mean_run, int64_t r0, int64_t r1, float *s1, float *s2, double *sum) {
     const int64_t C = rs->C, per_run = rs->width / C;
     memset(s1, 0, (size_t)rs->width * sizeof *s1);
     memset(s2, 0, (size_t)rs->width * sizeof *s2);
-    for (int64_t r = r0; r < r1;) {
-        const int64_t runs = min_i64(FLUSH_RUNS, (r1 - r) / per_run), at = r * C;
-        const float *mask = y ? y + at : NULL;
-        if (runs > 0) {
-            block_grad_moments(g + at, mask, x + at, rs->width, runs, mean_run, s1, s2);
-            r += runs * per_run;
+    for (int64_t r = r0, runs = 0; r < r1; r += per_run) {
+        const int64_t n = min_i64(per_run, r1 - r) * C, at = r * C;
+        const float *gr = g + at, *xr = x + at;
+        if (y) {
+            const float *yr = y + at;
+#pragma omp simd
+            for (int64_t j = 0; j < n; j++) {
+                float gz = yr[j] > 0 ? gr[j] : 0.0f;
+                s1[j] += gz;
+                s2[j] += gz * (xr[j] - mean_run[j]);
+            }
         } else {
-            block_grad_moments(g + at, mask, x + at, (r1 - r) * C, 1, mean_run, s1, s2);
-            r = r1;
+#pragma omp simd
+            for (int64_t j = 0; j < n; j++) {
+                s1[j] += gr[j];
+                s2[j] += gr[j] * (xr[j] - mean_run[j]);
+            }
         }
-        flush(rs, s1, s2, sum);
+        if (++runs % FLUSH_RUNS == 0) flush(rs, s1, s2, sum);
     }
+    flush(rs, s1, s2, sum);
 }
 
 /* Adds the T per-thread slices of 2C doubles into the first one. */
