@@ -98,7 +98,8 @@ static void print_profile(double seconds_total) {
 static double cpu_seconds(void) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + 1e-6 * (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+           1e-6 * (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
 }
 
 typedef struct {
@@ -185,8 +186,8 @@ static int bench_model(const cli_args *a, bool train) {
         }
         for (long i = 0; i < steps; i++) profiled += times[i];
         if (torch)
-            torch_ips[r] = torch_img_per_s(name, train ? "train" : "infer", batch, threads, steps, warmup, classes, true,
-                                           &torch_rss[r]);
+            torch_ips[r] = torch_img_per_s(name, train ? "train" : "infer", batch, threads, steps, warmup, classes,
+                                           true, &torch_rss[r]);
         ratios[r] = torch_ips[r] > 0 ? (double)batch / step_s[r] / torch_ips[r] : 0;
     }
     if (status == 0) {
