@@ -18,8 +18,10 @@ static const cli_option options[] = {
 };
 
 static const char usage[] =
-    "usage: ballast eval RUN_DIR|CHECKPOINT [--split test|val|train] [--json FILE] [--per-class]\n"
-    "       ballast eval RUN_DIR RUN_DIR ... [--split test|val|train]   (one table row per run)";
+    "usage: ballast eval RUN_DIR|CHECKPOINT [method.key=value ...] [--split test|val|train] [--json FILE] [--per-class]\n"
+    "       ballast eval RUN_DIR RUN_DIR ... [method.key=value ...] [--split test|val|train]   (one row per run)\n"
+    "Overrides change test-time settings only (method.* keys, train.threads, train.eval_batch_size),\n"
+    "e.g. method.alpha=0 evaluates a De-confound-TDE run without the counterfactual subtraction.";
 
 static void print_group(const char *name, double acc, int64_t classes) {
     if (isnan(acc)) printf("  %-8s      -  (%lld classes)\n", name, (long long)classes);
@@ -31,10 +33,26 @@ static void print_percent(double v) {
     else printf(" %6.2f%%", 100 * v);
 }
 
+/* The run paths and the key=value overrides of the command line, apart. */
+typedef struct {
+    const char *runs[CLI_MAX_VALUES], *overrides[CLI_MAX_VALUES];
+    int n_runs, n_overrides;
+} eval_targets;
+
+static eval_targets split_targets(const cli_args *a) {
+    eval_targets t = {0};
+    for (int i = 0; i < a->n_positional; i++) {
+        const char *arg = a->positional[i];
+        if (strchr(arg, '=')) t.overrides[t.n_overrides++] = arg;
+        else t.runs[t.n_runs++] = arg;
+    }
+    return t;
+}
+
 /* Opens and evaluates one run; on success *run_out and *m_out hold it (free both). */
-static int evaluate_run(const char *path, const char *split, bl_run **run_out, bl_metrics *m_out,
-                        bl_metrics_summary *s) {
-    bl_run *run = bl_run_open(path);
+static int evaluate_run(const char *path, const eval_targets *t, const char *split, bl_run **run_out,
+                        bl_metrics *m_out, bl_metrics_summary *s) {
+    bl_run *run = bl_run_open(path, t->overrides, t->n_overrides);
     if (!run) return BL_ERR;
     const bl_dataset *ds = strcmp(split, "test") == 0 ? &run->test : strcmp(split, "val") == 0 ? &run->val : &run->train;
     if (!ds->labels || bl_numel(ds->labels) == 0) {
@@ -55,14 +73,14 @@ static int evaluate_run(const char *path, const char *split, bl_run **run_out, b
     return BL_OK;
 }
 
-static int compare_runs(const cli_args *a, const char *split) {
+static int compare_runs(const eval_targets *t, const char *split) {
     printf("%-28s %-16s %8s %8s %8s %8s   (%s split; groups by training images: many > 100, few < 20)\n", "run",
            "method", "top-1", "many", "medium", "few", split);
-    for (int i = 0; i < a->n_positional; i++) {
+    for (int i = 0; i < t->n_runs; i++) {
         bl_run *run;
         bl_metrics m;
         bl_metrics_summary s;
-        if (evaluate_run(a->positional[i], split, &run, &m, &s) != BL_OK) return cli_fail(a->positional[i]);
+        if (evaluate_run(t->runs[i], t, split, &run, &m, &s) != BL_OK) return cli_fail(t->runs[i]);
         const char *name = strrchr(run->dir, '/');
         printf("%-28s %-16s", name && name[1] ? name + 1 : run->dir, run->method->name);
         print_percent(s.top1);
@@ -80,7 +98,8 @@ int cmd_eval(int argc, char **argv) {
     cli_args a;
     int rc = cli_parse(&a, usage, options, (int)(sizeof options / sizeof options[0]), argc, argv);
     if (rc) return rc < 0 ? 2 : 0;
-    if (a.n_positional < 1) {
+    const eval_targets targets = split_targets(&a);
+    if (targets.n_runs < 1) {
         fprintf(stderr, "ballast eval: give a run directory or checkpoint (see --help)\n");
         return 2;
     }
@@ -89,17 +108,17 @@ int cmd_eval(int argc, char **argv) {
         fprintf(stderr, "ballast eval: --split must be test, val or train, got '%s'\n", split);
         return 2;
     }
-    if (a.n_positional > 1) {
+    if (targets.n_runs > 1) {
         if (cli_has(&a, "json") || cli_has(&a, "per-class")) {
             fprintf(stderr, "ballast eval: --json and --per-class take a single run\n");
             return 2;
         }
-        return compare_runs(&a, split);
+        return compare_runs(&targets, split);
     }
     bl_run *run;
     bl_metrics m;
     bl_metrics_summary s;
-    if (evaluate_run(a.positional[0], split, &run, &m, &s) != BL_OK) return cli_fail(NULL);
+    if (evaluate_run(targets.runs[0], &targets, split, &run, &m, &s) != BL_OK) return cli_fail(NULL);
     char *json = NULL;
     if (cli_has(&a, "json")) {
         char head[64];

@@ -431,7 +431,7 @@ static void test_smoke_every_method(void) {
         char dir[512];
         snprintf(dir, sizeof dir, "%s", run->dir);
         bl_run_free(run);
-        bl_run *reopened = bl_run_open(dir);
+        bl_run *reopened = bl_run_open(dir, NULL, 0);
         CHECK(reopened && bl_run_evaluate(reopened, &reopened->test, &reopened_metrics) == BL_OK, "%s", *name);
         if (reopened) {
             bool same = true;
@@ -631,7 +631,7 @@ static void test_deconfound_tde_run(void) {
     double stored_alpha = bl_item(alpha);
     bl_run_free(run);
 
-    bl_run *reopened = bl_run_open(dir);
+    bl_run *reopened = bl_run_open(dir, NULL, 0);
     CHECK(reopened != NULL);
     if (reopened) {
         CHECK_CLOSE(bl_item(bl_model_param(reopened->model, "tde.alpha")), stored_alpha, 1e-7);
@@ -641,6 +641,22 @@ static void test_deconfound_tde_run(void) {
         bl_metrics_free(&again);
         bl_run_free(reopened);
     }
+    /* Evaluation overrides: alpha = 0 reproduces the logged De-confound accuracy; a key the weights
+     * were trained with is refused, naming it. */
+    const char *alpha0[] = {"method.alpha=0"}, *trained_with[] = {"train.lr=0.1"};
+    reopened = bl_run_open(dir, alpha0, 1);
+    CHECK(reopened != NULL);
+    if (reopened) {
+        bl_metrics plain;
+        CHECK(bl_run_evaluate(reopened, &reopened->test, &plain) == BL_OK);
+        int64_t correct = 0;
+        for (int64_t k = 0; k < 4; k++) correct += plain.confusion[k * 4 + k];
+        CHECK_CLOSE((double)correct / (double)n_test, logged, 1e-6);
+        bl_metrics_free(&plain);
+        bl_run_free(reopened);
+    }
+    CHECK(bl_run_open(dir, trained_with, 1) == NULL && strstr(bl_last_error(), "train.lr=0.1"), "%s", bl_last_error());
+    bl_clear_error();
     bl_metrics_free(&trained);
 
     /* A fixed alpha is used as is, nothing is searched: alpha 0 gives the causal-norm logits. */

@@ -155,7 +155,7 @@ static void test_tiny_run_end_to_end(void) {
     const char *paths[2] = {d, ck};
     double top1[2] = {0};
     for (int i = 0; i < 2; i++) {
-        bl_run *opened = bl_run_open(paths[i]);
+        bl_run *opened = bl_run_open(paths[i], NULL, 0);
         CHECK(opened, "%s", paths[i]);
         if (!opened) continue;
         CHECK(opened->epoch == 4 && opened->log == NULL);

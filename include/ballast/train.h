@@ -204,8 +204,10 @@ const bl_option *bl_trainer_options(int *n_options);
 int bl_run_train(bl_run *run);
 /* Opens a finished or interrupted run for evaluation: `path` is a run directory (latest
  * checkpoint), a checkpoint directory or a model.safetensors inside one. Loads the data and the
- * weights; no log is written. */
-bl_run *bl_run_open(const char *path);
+ * weights; no log is written. `overrides` ("section.key=value", n of them, may be NULL) change
+ * test-time settings only: method.* keys other than method.name, train.threads and
+ * train.eval_batch_size; any other key is an error, since the weights were trained with it. */
+bl_run *bl_run_open(const char *path, const char *const *overrides, int n_overrides);
 void bl_run_free(bl_run *run);
 
 /* Appends one record to log.jsonl: `json_object_body` is the inside of an object without braces,

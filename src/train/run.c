@@ -365,7 +365,31 @@ bl_run *bl_run_create(bl_config *config, const bl_run_opts *opts) {
     return run;
 }
 
-bl_run *bl_run_open(const char *path) {
+/* True for a key evaluation may change: test-time method settings and the threads or batch of
+ * evaluation, nothing the weights depend on. */
+static bool is_eval_setting(const char *assignment) {
+    size_t key_length = strcspn(assignment, "=");
+    if (key_length > 7 && strncmp(assignment, "method.", 7) == 0)
+        return !(key_length == 11 && strncmp(assignment, "method.name", 11) == 0);
+    const char *allowed[] = {"train.threads", "train.eval_batch_size"};
+    for (size_t i = 0; i < sizeof allowed / sizeof allowed[0]; i++)
+        if (key_length == strlen(allowed[i]) && strncmp(assignment, allowed[i], key_length) == 0) return true;
+    return false;
+}
+
+static int apply_eval_overrides(bl_config *config, const char *const *overrides, int n) {
+    for (int i = 0; i < n; i++) {
+        BL_CHECK_RC(strchr(overrides[i], '='), "'%s' is not an override (section.key=value)", overrides[i]);
+        BL_CHECK_RC(is_eval_setting(overrides[i]),
+                    "'%s': evaluation can change method.* settings (not method.name), train.threads and "
+                    "train.eval_batch_size; the weights were trained with everything else",
+                    overrides[i]);
+        BL_TRY(bl_config_set(config, overrides[i]));
+    }
+    return BL_OK;
+}
+
+bl_run *bl_run_open(const char *path, const char *const *overrides, int n_overrides) {
     BL_CHECK(path, "bl_run_open: NULL path");
     char run_dir[500], checkpoint[480], probe[520];
     size_t n = strlen(path);
@@ -393,7 +417,10 @@ bl_run *bl_run_open(const char *path) {
     }
     snprintf(probe, sizeof probe, "%s/config.yaml", run_dir);
     bl_config *config = bl_config_load(probe);
-    if (!config) return NULL;
+    if (!config || apply_eval_overrides(config, overrides, n_overrides) != BL_OK) {
+        bl_config_free(config);
+        return NULL;
+    }
     bl_run *run = bl__run_new(config, true);
     if (!run) return NULL;
     snprintf(run->dir, sizeof run->dir, "%s", run_dir);
