@@ -81,7 +81,7 @@ def check(ballast, name, workdir, extra):
 
 def main():
     ballast = os.path.abspath(sys.argv[1])
-    models = [("resnet20", []), ("resnet32", []), ("convnet3", []), ("vit_tiny", ["--patch", "4", "--image-size", "32"])]
+    models = [("resnet20", []), ("resnet32", []), ("resnet32_bbn", []), ("convnet3", []), ("vit_tiny", ["--patch", "4", "--image-size", "32"])]
     try:
         import torchvision  # noqa: F401
         models.append(("resnet18_cifar", []))

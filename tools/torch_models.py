@@ -1,7 +1,7 @@
 """PyTorch twins of ballast's models, for golden fixtures and side-by-side benchmarks.
 
-Parameter names match ballast's (and the reference code's): the common CIFAR ResNet, timm's ViT,
-torchvision's ResNet-18 with a 32x32 stem.
+Parameter names match ballast's (and the reference code's): the common CIFAR ResNet, BBN's ResNet-32,
+timm's ViT, torchvision's ResNet-18 with a 32x32 stem.
 """
 import torch
 import torch.nn as nn
@@ -90,6 +90,33 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+class BBNResNet32(nn.Module):
+    """BBN's ResNet-32: 5/5/4 blocks, then the parallel cb_block and rb_block on layer3's output,
+    concatenated (128 features), and the classifier fc."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        planes_in, layers = 16, []
+        for planes, stride, n in ((16, 1, 5), (32, 2, 5), (64, 2, 4)):
+            blocks = []
+            for b in range(n):
+                blocks.append(BasicBlock(planes_in, planes, stride if b == 0 else 1))
+                planes_in = planes
+            layers.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = layers
+        self.cb_block = BasicBlock(64, 64, 1)
+        self.rb_block = BasicBlock(64, 64, 1)
+        self.fc = nn.Linear(128, num_classes)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        out = torch.cat([self.cb_block(out), self.rb_block(out)], 1)
+        return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
 class ViT(nn.Module):
     """timm's VisionTransformer layout: patch_embed.proj, cls_token, pos_embed, blocks, norm, head."""
 
@@ -146,6 +173,8 @@ def build(name, num_classes=10):
         return CifarResNet(int(name[6:]), num_classes)
     if name == "resnet18_cifar":
         return resnet18_cifar(num_classes)
+    if name == "resnet32_bbn":
+        return BBNResNet32(num_classes)
     if name == "convnet3":
         return ConvNet(num_classes=num_classes)
     sizes = {"vit_tiny": (192, 3), "vit_small": (384, 6), "vit_base": (768, 12)}

@@ -17,7 +17,6 @@ static const family families[] = {
     {bl__resnet_archs, &bl__resnet_arch_count},
     {bl__convnet_archs, &bl__convnet_arch_count},
     {bl__vit_archs, &bl__vit_arch_count},
-    {bl__resnet_bbn_archs, &bl__resnet_bbn_arch_count},
 };
 #define N_FAMILIES (int)(sizeof families / sizeof families[0])
 
@@ -137,9 +136,3 @@ int bl_model_stages(bl_model *m, bl_tensor *x, int max, bl_tensor **out) {
 size_t bl_model_num_params(const bl_model *m) { return m ? bl_params_numel(&m->params) : 0; }
 
 bl_tensor *bl_model_param(const bl_model *m, const char *name) { return m ? bl_params_find(&m->params, name) : NULL; }
-
-bl_tensor *bl__global_avg_pool(bl_tensor *x) {
-    BL_NONNULL(x);
-    BL_CHECK(x->ndim == 4, "global average pool: expected (N, C, H, W), got %s", bl__shape(x));
-    return bl_mean_dim(bl_flatten(x, 2), -1, false);
-}

@@ -34,10 +34,5 @@ extern const bl_model_arch bl__convnet_archs[];
 extern const int bl__convnet_arch_count;
 extern const bl_model_arch bl__vit_archs[];
 extern const int bl__vit_arch_count;
-extern const bl_model_arch bl__resnet_bbn_archs[];
-extern const int bl__resnet_bbn_arch_count;
-
-/* (N, C, H, W) -> (N, C): the mean over H and W. */
-bl_tensor *bl__global_avg_pool(bl_tensor *x);
 
 #endif

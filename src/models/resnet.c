@@ -1,8 +1,12 @@
 /* Residual networks: the CIFAR family (He et al. 2016, section 4.2: 6n+2 layers in three stages of
- * 16/32/64 channels with parameter-free "option A" shortcuts, as the widely used akamaster code) and
- * torchvision's ImageNet ResNet-18/34/50, plus resnet18_cifar, torchvision's ResNet-18 with a 3x3
- * stride-1 stem and no max-pool for 32x32 inputs. One block type covers basic and bottleneck
- * blocks; what differs between the families is data in resnet_config. The trunk runs in
+ * 16/32/64 channels with parameter-free "option A" shortcuts, as the widely used akamaster code),
+ * torchvision's ImageNet ResNet-18/34/50, resnet18_cifar (torchvision's ResNet-18 with a 3x3
+ * stride-1 stem and no max-pool for 32x32 inputs) and resnet32_bbn, the ResNet-32 variant of BBN
+ * (Zhou et al. 2020) that the CIFAR-LT papers after it train, De-confound-TDE among them: 4 blocks
+ * in layer3, then two parallel blocks on its output ("cb_block" and "rb_block", BBN's conventional
+ * and re-balancing branches) whose outputs are concatenated into a 128-dimensional feature (with a
+ * two-head causal-norm classifier each head sees one branch). One block type covers basic and
+ * bottleneck blocks; what differs between the families is data in resnet_config. The trunk runs in
  * channels-last order, and each batch norm is fused with the residual add and ReLU after it. */
 #include "models/models_internal.h"
 
@@ -16,10 +20,12 @@ typedef struct {
     int64_t stem_width;
     bool bottleneck;
     bool imagenet_stem; /* 7x7 stride-2 conv and 3x3 stride-2 max-pool; else one 3x3 stride-1 conv */
-    /* The CIFAR family: option-A shortcuts, kaiming_normal(fan_in) on conv and linear weights, the
-     * classifier named "linear". Otherwise torchvision: 1x1-conv + BN "downsample" shortcuts,
-     * kaiming_normal(fan_out) on convs, PyTorch's default linear init, the classifier named "fc". */
+    /* The CIFAR family: option-A shortcuts, kaiming_normal(fan_in) on convs. Otherwise torchvision:
+     * 1x1-conv + BN "downsample" shortcuts, kaiming_normal(fan_out) on convs. */
     bool cifar_family;
+    bool bbn_branches;       /* two parallel last blocks, concatenated (resnet32_bbn) */
+    const char *classifier;  /* the linear layer's name */
+    bool classifier_kaiming; /* kaiming_normal(fan_in) as the akamaster code; else PyTorch's default */
 } resnet_config;
 
 typedef enum { SHORTCUT_IDENTITY, SHORTCUT_SUBSAMPLE_PAD, SHORTCUT_PROJECT } shortcut_kind;
@@ -40,6 +46,8 @@ typedef struct {
     bl_batchnorm bn1;
     int n_blocks;
     resnet_block *blocks;
+    int n_branches;
+    resnet_block branches[2]; /* BBN's cb_block and rb_block */
 } resnet;
 
 /* A bias-free conv with the family's weight init. */
@@ -107,10 +115,15 @@ static int build(bl_model *m, bl_rng *rng, bl_rng *dropout) {
             channels = cfg->bottleneck ? 4 * cfg->planes[s] : cfg->planes[s];
         }
     }
-    m->feature_dim = channels;
-    BL_TRY(bl_linear_layer_init(&m->classifier, ps, cfg->cifar_family ? "linear" : "fc", channels, m->opts.num_classes,
-                                true, rng));
-    if (cfg->cifar_family) BL_TRY(bl_init_kaiming_normal_(m->classifier.weight, rng, BL_FAN_IN));
+    const char *branch_names[2] = {"cb_block", "rb_block"};
+    net->n_branches = cfg->bbn_branches ? 2 : 0;
+    for (int b = 0; b < net->n_branches; b++) {
+        BL_TRY(build_block(&net->branches[b], ps, branch_names[b], channels, channels, 1, cfg, rng));
+        net->branches[b].stage = cfg->n_stages;
+    }
+    m->feature_dim = net->n_branches ? net->n_branches * channels : channels;
+    BL_TRY(bl_linear_layer_init(&m->classifier, ps, cfg->classifier, m->feature_dim, m->opts.num_classes, true, rng));
+    if (cfg->classifier_kaiming) BL_TRY(bl_init_kaiming_normal_(m->classifier.weight, rng, BL_FAN_IN));
     return BL_OK;
 }
 
@@ -161,6 +174,13 @@ static int stages(bl_model *m, bl_tensor *x, bl_tensor **out, int cap) {
         bool last_of_stage = i + 1 == net->n_blocks || net->blocks[i + 1].stage != net->blocks[i].stage;
         if (last_of_stage && count < cap) out[count++] = h;
     }
+    if (net->n_branches > 0) {
+        bl_tensor *branch_out[2];
+        for (int b = 0; b < net->n_branches; b++) branch_out[b] = block_forward(&net->branches[b], h, m->training);
+        bl_tensor *joined = bl_concat(net->n_branches, branch_out, 1);
+        if (!joined) return -1;
+        if (count < cap) out[count++] = joined;
+    }
     return count;
 }
 
@@ -177,9 +197,9 @@ static void free_impl(void *impl) {
     free(net);
 }
 
-#define CIFAR_RESNET(n)                                                                                        \
-    {.n_stages = 3, .blocks = {n, n, n}, .planes = {16, 32, 64}, .stem_width = 16, .cifar_family = true}
-#define TORCHVISION_STAGES .n_stages = 4, .planes = {64, 128, 256, 512}, .stem_width = 64
+#define CIFAR_STAGES .n_stages = 3, .planes = {16, 32, 64}, .stem_width = 16, .cifar_family = true
+#define CIFAR_RESNET(n) {CIFAR_STAGES, .blocks = {n, n, n}, .classifier = "linear", .classifier_kaiming = true}
+#define TORCHVISION_STAGES .n_stages = 4, .planes = {64, 128, 256, 512}, .stem_width = 64, .classifier = "fc"
 static const resnet_config resnet20 = CIFAR_RESNET(3), resnet32 = CIFAR_RESNET(5), resnet44 = CIFAR_RESNET(7),
                            resnet56 = CIFAR_RESNET(9), resnet110 = CIFAR_RESNET(18);
 static const resnet_config resnet18 = {TORCHVISION_STAGES, .blocks = {2, 2, 2, 2}, .imagenet_stem = true},
@@ -187,11 +207,13 @@ static const resnet_config resnet18 = {TORCHVISION_STAGES, .blocks = {2, 2, 2, 2
                            resnet50 = {TORCHVISION_STAGES, .blocks = {3, 4, 6, 3}, .imagenet_stem = true,
                                        .bottleneck = true},
                            resnet18_cifar = {TORCHVISION_STAGES, .blocks = {2, 2, 2, 2}};
+static const resnet_config resnet32_bbn = {CIFAR_STAGES, .blocks = {5, 5, 4}, .bbn_branches = true, .classifier = "fc"};
 
 #define ARCH(name, classes, size) {#name, classes, size, &name, build, stages, pool, free_impl}
 const bl_model_arch bl__resnet_archs[] = {
     ARCH(resnet20, 10, 32),    ARCH(resnet32, 10, 32),    ARCH(resnet44, 10, 32),
     ARCH(resnet56, 10, 32),    ARCH(resnet110, 10, 32),   ARCH(resnet18, 1000, 224),
     ARCH(resnet34, 1000, 224), ARCH(resnet50, 1000, 224), ARCH(resnet18_cifar, 10, 32),
+    ARCH(resnet32_bbn, 10, 32),
 };
 const int bl__resnet_arch_count = (int)(sizeof bl__resnet_archs / sizeof bl__resnet_archs[0]);
