@@ -113,6 +113,30 @@ static channel_grad batch_norm_channel_grad(const bl_batch_norm_args *a, double 
     return cg;
 }
 
+/* One contiguous stretch of n values of the backward, with the per-channel constants spread over
+ * it: dresidual = gz (when asked), dx = k * (gz - mean_g - (x - mean) * coef) (when asked), gz the
+ * gradient g masked by the ReLU's output when there is one. */
+static void grad_stretch(int64_t n, const float *g, const float *mask, const float *x, const float *mean,
+                         const float *k, const float *mean_g, const float *coef, float *dx, float *dresidual) {
+    if (dresidual && mask) {
+#pragma omp simd
+        for (int64_t j = 0; j < n; j++) dresidual[j] = mask[j] > 0 ? g[j] : 0.0f;
+    } else if (dresidual) {
+        memcpy(dresidual, g, (size_t)n * sizeof *g);
+    }
+    if (!dx) return;
+    if (mask) {
+#pragma omp simd
+        for (int64_t j = 0; j < n; j++) {
+            float gz = mask[j] > 0 ? g[j] : 0.0f;
+            dx[j] = k[j] * (gz - mean_g[j] - (x[j] - mean[j]) * coef[j]);
+        }
+    } else {
+#pragma omp simd
+        for (int64_t j = 0; j < n; j++) dx[j] = k[j] * (g[j] - mean_g[j] - (x[j] - mean[j]) * coef[j]);
+    }
+}
+
 /* As grad_moments over gz = (y > 0 ? g : 0): the gradient below a ReLU whose output is y. */
 static void masked_grad_moments(const float *g, const float *y, const float *x, int64_t n, float mu, double *sum_g,
                                 double *sum_g_xc) {
@@ -341,26 +365,8 @@ static void bn_act_bwd_columns(const cpu_bn_act_args *a, const float *g, const f
         }
         for (int64_t n = 0; n < N; n++) {
             const int64_t at = offset + n * C * S;
-            const float *gr = g + at, *xr = x + at, *mr = mask ? mask + at : NULL;
-            float *dr = dx ? dx + at : NULL, *rr = dresidual ? dresidual + at : NULL;
-            if (rr && mr) {
-#pragma omp simd
-                for (int64_t j = 0; j < cols; j++) rr[j] = mr[j] > 0 ? gr[j] : 0.0f;
-            } else if (rr) {
-                memcpy(rr, gr, (size_t)cols * sizeof *gr);
-            }
-            if (!dr) continue;
-            if (mr) {
-#pragma omp simd
-                for (int64_t j = 0; j < cols; j++) {
-                    float gz = mr[j] > 0 ? gr[j] : 0.0f;
-                    dr[j] = col_k[j] * (gz - col_mean_g[j] - (xr[j] - col_mean[j]) * col_coef[j]);
-                }
-            } else {
-#pragma omp simd
-                for (int64_t j = 0; j < cols; j++)
-                    dr[j] = col_k[j] * (gr[j] - col_mean_g[j] - (xr[j] - col_mean[j]) * col_coef[j]);
-            }
+            grad_stretch(cols, g + at, mask ? mask + at : NULL, x + at, col_mean, col_k, col_mean_g, col_coef,
+                         dx ? dx + at : NULL, dresidual ? dresidual + at : NULL);
         }
     }
 }
@@ -558,27 +564,9 @@ static void grad_rows(const rows_scratch *rs, int64_t r0, int64_t r1, const floa
                       const float *coef_run, float *dx, float *dresidual) {
     const int64_t C = rs->C, per_run = rs->width / C;
     for (int64_t r = r0; r < r1; r += per_run) {
-        const int64_t n = min_i64(per_run, r1 - r) * C, at = r * C;
-        const float *gr = g + at, *xr = x + at, *mr = mask ? mask + at : NULL;
-        float *dr = dx ? dx + at : NULL, *rr = dresidual ? dresidual + at : NULL;
-        if (rr && mr) {
-#pragma omp simd
-            for (int64_t j = 0; j < n; j++) rr[j] = mr[j] > 0 ? gr[j] : 0.0f;
-        } else if (rr) {
-            memcpy(rr, gr, (size_t)n * sizeof *gr);
-        }
-        if (!dr) continue;
-        if (mr) {
-#pragma omp simd
-            for (int64_t j = 0; j < n; j++) {
-                float gz = mr[j] > 0 ? gr[j] : 0.0f;
-                dr[j] = k_run[j] * (gz - mean_g_run[j] - (xr[j] - mean_run[j]) * coef_run[j]);
-            }
-        } else {
-#pragma omp simd
-            for (int64_t j = 0; j < n; j++)
-                dr[j] = k_run[j] * (gr[j] - mean_g_run[j] - (xr[j] - mean_run[j]) * coef_run[j]);
-        }
+        const int64_t at = r * C;
+        grad_stretch(min_i64(per_run, r1 - r) * C, g + at, mask ? mask + at : NULL, x + at, mean_run, k_run, mean_g_run,
+                     coef_run, dx ? dx + at : NULL, dresidual ? dresidual + at : NULL);
     }
 }
 
