@@ -75,9 +75,11 @@ static bool well_formed(const char *html, char *why, size_t why_len) {
     int depth = 0;
     for (const char *p = html; *p; p++) {
         if (*p == '&') {
-            static const char *const entities[] = {"&amp;", "&lt;", "&gt;", "&quot;", "&ndash;", "&middot;"};
+            static const char *const entities[] = {"&amp;",   "&lt;",     "&gt;",    "&quot;",
+                                                   "&ndash;", "&middot;", "&plusmn;"};
             bool known = false;
-            for (int i = 0; i < 6; i++) known |= strncmp(p, entities[i], strlen(entities[i])) == 0;
+            for (size_t i = 0; i < sizeof entities / sizeof entities[0]; i++)
+                known |= strncmp(p, entities[i], strlen(entities[i])) == 0;
             if (!known) return snprintf(why, why_len, "bare '&' at byte %ld", (long)(p - html)), false;
         }
         if (*p != '<') continue;
@@ -277,6 +279,43 @@ static void test_several_runs_compared(void) {
     CHECK(losses && count_of(losses, "<polyline") == 2);
     free(losses);
     CHECK(count_of(html, "<section id=\"run") == 2);
+    CHECK(!strstr(html, "id=\"recipes\""), "no mean over runs of different recipes");
+    free(html);
+}
+
+/* Runs of one recipe (here two seeds of ce beside one tde run) get a row of means: top-1 0.6 and
+ * 0.8 give 70.0 +- 14.1 (sample standard deviation), the identical groups 50.0 +- 0.0, and a group
+ * no run has stays a dash. The single tde run makes no row. */
+static void test_recipe_means(void) {
+    const char *dirs[3] = {make_run("seed0", "ce", 4), make_run("seed1", "ce", 4), make_run("tde1", "deconfound_tde", 4)};
+    char *log = read_text(path_in(dirs[1], "log.jsonl"));
+    char *last = log ? strstr(log, "{\"eval\":\"test\"") : NULL;
+    CHECK(last != NULL);
+    if (!last) {
+        free(log);
+        return;
+    }
+    *last = '\0';
+    write_text(path_in(dirs[1], "log.jsonl"), log);
+    free(log);
+    FILE *f = fopen(path_in(dirs[1], "log.jsonl"), "a");
+    fprintf(f, "{\"eval\":\"test\",\"epoch\":2,\"count\":10,\"top1\":0.8,\"top5\":1,\"many\":0.5,\"medium\":1,"
+               "\"few\":null,\"macro_precision\":0.7,\"macro_recall\":0.71,\"ece\":0.05}\n");
+    fclose(f);
+    const char *out = path_in(root, "seeds.html");
+    CHECK(bl_report_write(dirs, 3, out) == BL_OK, "%s", bl_last_error());
+    char *html = read_text(out);
+    const char *table = html ? strstr(html, "id=\"recipes\"") : NULL;
+    CHECK(table != NULL);
+    if (table) {
+        CHECK(strstr(table, "<tr><td>ce</td><td>fashion_mnist</td><td>100</td><td>convnet3</td><td>2</td><td>2</td>"
+                            "<td>70.0 &plusmn; 14.1</td><td>50.0 &plusmn; 0.0</td><td>100.0 &plusmn; 0.0</td>"
+                            "<td>&ndash;</td></tr>"),
+              "ce row");
+        CHECK(!strstr(table, "<td>deconfound_tde</td>"), "one tde run makes no row");
+    }
+    char why[128] = "";
+    CHECK(html && well_formed(html, why, sizeof why), "%s", why);
     free(html);
 }
 
@@ -376,6 +415,6 @@ static void cleanup(void) {
 
 static void test_setup(void) { CHECK(mkdtemp(root) != NULL); }
 
-TEST_MAIN(TEST(test_setup), TEST(test_single_run_page), TEST(test_several_runs_compared),
+TEST_MAIN(TEST(test_setup), TEST(test_single_run_page), TEST(test_several_runs_compared), TEST(test_recipe_means),
           TEST(test_resumed_and_stopped_log), TEST(test_long_curves_thinned), TEST(test_bad_runs_refused),
           TEST(cleanup))

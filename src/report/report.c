@@ -36,6 +36,7 @@ typedef struct {
     char label[128];
     char method[64], dataset[64], model[64];
     double imbalance;
+    int64_t epochs; /* 0 when the config does not say */
     curve loss, lr;            /* by optimizer step */
     curve val_top1, mean_loss; /* by epoch */
     eval_record last_val, last_test;
@@ -280,6 +281,7 @@ static int read_config(run_data *run, const char *path) {
         {"dataset.name", BL_OPT_STRING, NULL, "dataset"},
         {"dataset.imbalance", BL_OPT_FLOAT, NULL, "imbalance factor"},
         {"model.name", BL_OPT_STRING, NULL, "model"},
+        {"train.epochs", BL_OPT_INT, NULL, "epochs"},
     };
     bl_config *c = bl_config_load(path);
     if (!c) return BL_ERR;
@@ -292,6 +294,7 @@ static int read_config(run_data *run, const char *path) {
         if (bl_config_has(c, "model.name"))
             copy_string(run->model, sizeof run->model, bl_config_string(c, "model.name"));
         run->imbalance = bl_config_has(c, "dataset.imbalance") ? bl_config_float(c, "dataset.imbalance") : NAN;
+        run->epochs = bl_config_has(c, "train.epochs") ? bl_config_int(c, "train.epochs") : 0;
     }
     bl_config_free(c);
     return status;
@@ -573,6 +576,82 @@ static void append_comparison(bl__text *h, const run_data *runs, int n) {
     bl__text_append(h, "</div></section>\n");
 }
 
+/* Runs of one recipe: the same method, dataset, imbalance, model and epochs (seeds may differ). */
+static bool same_recipe(const run_data *a, const run_data *b) {
+    bool same_imbalance = a->imbalance == b->imbalance || (isnan(a->imbalance) && isnan(b->imbalance));
+    return same_imbalance && a->epochs == b->epochs && strcmp(a->method, b->method) == 0 &&
+           strcmp(a->dataset, b->dataset) == 0 && strcmp(a->model, b->model) == 0;
+}
+
+static const char *const summary_keys[] = {"top1", "many", "medium", "few"};
+#define N_SUMMARY_KEYS (int)(sizeof summary_keys / sizeof summary_keys[0])
+
+/* One row of the recipe table: the mean and sample standard deviation of each summary metric over
+ * the group's final test evaluations (a dash where a run lacks the value). */
+static void append_recipe_row(bl__text *h, const run_data *runs, const int *members, int count) {
+    const run_data *first = &runs[members[0]];
+    bl__text_append(h, "<tr><td>");
+    bl__text_append_escaped(h, first->method);
+    bl__text_append(h, "</td><td>");
+    bl__text_append_escaped(h, first->dataset);
+    bl__text_append(h, "</td><td>");
+    if (isfinite(first->imbalance)) bl__text_printf(h, "%g", first->imbalance);
+    bl__text_append(h, "</td><td>");
+    bl__text_append_escaped(h, first->model);
+    bl__text_printf(h, "</td><td>%lld</td><td>%d</td>", (long long)first->epochs, count);
+    for (int k = 0; k < N_SUMMARY_KEYS; k++) {
+        double sum = 0, sumsq = 0;
+        for (int i = 0; i < count; i++) {
+            double v = member_number(runs[members[i]].last_test.root, summary_keys[k]);
+            sum += v;
+            sumsq += v * v;
+        }
+        const double mean = sum / count, var = fmax((sumsq - count * mean * mean) / (count - 1), 0.0);
+        bl__text_append(h, "<td>");
+        append_percent(h, mean, 1);
+        if (isfinite(mean)) bl__text_printf(h, " &plusmn; %.1f", 100 * sqrt(var));
+        bl__text_append(h, "</td>");
+    }
+    bl__text_append(h, "</tr>\n");
+}
+
+/* Groups of two or more runs of one recipe with a test evaluation, averaged: the multi-seed view
+ * the long-tailed literature asks for, since one subset of CIFAR-LT moves results by a point. */
+static void append_recipe_means(bl__text *h, const run_data *runs, int n) {
+    int *members = malloc((size_t)n * sizeof *members);
+    bool *taken = calloc((size_t)n, sizeof *taken);
+    if (!members || !taken) {
+        h->failed = true;
+        free(members);
+        free(taken);
+        return;
+    }
+    bool any = false;
+    for (int r = 0; r < n; r++) {
+        if (taken[r] || !runs[r].last_test.root) continue;
+        int count = 0;
+        for (int q = r; q < n; q++)
+            if (!taken[q] && runs[q].last_test.root && same_recipe(&runs[r], &runs[q])) {
+                members[count++] = q;
+                taken[q] = true;
+            }
+        if (count < 2) continue;
+        if (!any)
+            bl__text_append(h, "<section id=\"recipes\"><h2>Mean over runs of one recipe</h2>\n<table><thead><tr>"
+                               "<th>method</th><th>dataset</th><th>imbalance</th><th>model</th><th>epochs</th>"
+                               "<th>runs</th><th>top-1</th><th>many</th><th>medium</th><th>few</th></tr></thead>"
+                               "<tbody>\n");
+        any = true;
+        append_recipe_row(h, runs, members, count);
+    }
+    if (any)
+        bl__text_append(h, "</tbody></table>\n<p class=\"note\">Runs with the same method, dataset, imbalance, model "
+                           "and epochs (their seeds may differ): mean &plusmn; sample standard deviation of the final "
+                           "test evaluations, in %.</p>\n</section>\n");
+    free(members);
+    free(taken);
+}
+
 static const char page_style[] =
     "body{font-family:Helvetica,Arial,sans-serif;color:#222;margin:24px auto;max-width:1180px;padding:0 16px}"
     "h1{font-size:24px;margin-bottom:4px}h2{font-size:19px;margin:32px 0 4px;border-bottom:1px solid #ddd;"
@@ -582,6 +661,7 @@ static const char page_style[] =
     "th,td{padding:4px 10px;border-bottom:1px solid #e3e3e3;text-align:right}th{background:#f4f6f8}"
     "td:first-child,th:first-child{text-align:left}td.best{font-weight:700}"
     "#comparison td:nth-child(-n+3),#comparison th:nth-child(-n+3){text-align:left}"
+    "#recipes td:nth-child(-n+4),#recipes th:nth-child(-n+4){text-align:left}"
     ".grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:12px}"
     "figure{margin:0;border:1px solid #eee;border-radius:4px;padding:6px;background:#fff}"
     "figure svg{width:100%;height:auto;display:block}";
@@ -597,6 +677,7 @@ static void render_page(bl__text *h, const run_data *runs, int n) {
     bl__text_printf(h, "</style>\n</head>\n<body>\n<h1>ballast report</h1>\n<p class=\"meta\">%d run%s</p>\n", n,
                     n == 1 ? "" : "s");
     if (n > 1) append_comparison(h, runs, n);
+    if (n > 1) append_recipe_means(h, runs, n);
     for (int r = 0; r < n; r++) append_run_section(h, &runs[r], r);
     bl__text_append(h, "</body>\n</html>\n");
 }
