@@ -32,7 +32,7 @@ static int epoch_begin(bl_run *run, void *state, int epoch) {
 }
 
 static bl_tensor *loss(bl_run *run, void *state, bl_tensor *x, bl_tensor *y) {
-    return bl_cross_entropy(bl_model_forward(run->model, x), y, bl_ce_args_default());
+    return bl_run_cross_entropy(run, bl_model_forward(run->model, x), y, bl_ce_args_default());
 }
 
 static bl_tensor *logits(bl_run *run, void *state, bl_tensor *x) { return bl_model_forward(run->model, x); }

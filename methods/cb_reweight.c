@@ -41,8 +41,8 @@ static int setup(bl_run *run, void *state) {
 static bl_tensor *loss(bl_run *run, void *state, bl_tensor *x, bl_tensor *y) {
     const cb_reweight *s = state;
     /* Softmax cross-entropy is the focal loss with gamma 0. */
-    return bl_lt_focal_loss(bl_model_forward(run->model, x), y, s->focal ? s->gamma : 0.0,
-                            bl_lt_vector(BL_F32, s->weights, run->num_classes));
+    const bl_lt_focal_args args = {s->focal ? s->gamma : 0.0, bl_lt_vector(BL_F32, s->weights, run->num_classes)};
+    return bl_run_label_loss(run, bl_model_forward(run->model, x), y, bl_lt_focal_label_loss, &args);
 }
 
 static bl_tensor *logits(bl_run *run, void *state, bl_tensor *x) { return bl_model_forward(run->model, x); }

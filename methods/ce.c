@@ -25,7 +25,7 @@ static int ce_setup(bl_run *run, void *state) {
 
 static bl_tensor *ce_loss(bl_run *run, void *state, bl_tensor *x, bl_tensor *y) {
     const ce_state *s = state;
-    return bl_cross_entropy(bl_model_forward(run->model, x), y, s->ce);
+    return bl_run_cross_entropy(run, bl_model_forward(run->model, x), y, s->ce);
 }
 
 static bl_tensor *ce_logits(bl_run *run, void *state, bl_tensor *x) {

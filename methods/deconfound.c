@@ -90,7 +90,7 @@ static bl_tensor *loss(bl_run *run, void *state, bl_tensor *x, bl_tensor *y) {
     if (bl_lt_head_direction_update_(s->head_direction, features, s->mu) != BL_OK) return NULL;
     features = bl_dropout_layer_forward(&m->head_drop, features, m->training);
     bl_tensor *logits = bl_lt_causal_norm_logits(features, m->classifier.weight, s->heads, s->tau, s->gamma);
-    return bl_cross_entropy(logits, y, bl_ce_args_default());
+    return bl_run_cross_entropy(run, logits, y, bl_ce_args_default());
 }
 
 /* A fixed alpha from the config wins; else the one chosen on the validation split; before that

@@ -51,7 +51,7 @@ static int read_stage2(bl_run *run, decoupled *s) {
 }
 
 static bl_tensor *plain_loss(bl_run *run, void *state, bl_tensor *x, bl_tensor *y) {
-    return bl_cross_entropy(bl_model_forward(run->model, x), y, bl_ce_args_default());
+    return bl_run_cross_entropy(run, bl_model_forward(run->model, x), y, bl_ce_args_default());
 }
 
 static bl_tensor *plain_logits(bl_run *run, void *state, bl_tensor *x) { return bl_model_forward(run->model, x); }
@@ -156,7 +156,7 @@ static bl_tensor *lws_logits(bl_run *run, void *state, bl_tensor *x) {
 }
 
 static bl_tensor *lws_loss(bl_run *run, void *state, bl_tensor *x, bl_tensor *y) {
-    return bl_cross_entropy(lws_logits(run, state, x), y, bl_ce_args_default());
+    return bl_run_cross_entropy(run, lws_logits(run, state, x), y, bl_ce_args_default());
 }
 
 static int lws_after_training(bl_run *run, void *state) {

@@ -23,7 +23,8 @@ static int setup(bl_run *run, void *state) {
 
 static bl_tensor *loss(bl_run *run, void *state, bl_tensor *x, bl_tensor *y) {
     const focal *s = state;
-    return bl_lt_focal_loss(bl_model_forward(run->model, x), y, s->gamma, NULL);
+    const bl_lt_focal_args args = {s->gamma, NULL};
+    return bl_run_label_loss(run, bl_model_forward(run->model, x), y, bl_lt_focal_label_loss, &args);
 }
 
 static bl_tensor *logits(bl_run *run, void *state, bl_tensor *x) { return bl_model_forward(run->model, x); }

@@ -72,8 +72,9 @@ static bl_tensor *cosine_logits(bl_model *m, bl_tensor *x) {
 static bl_tensor *loss(bl_run *run, void *state, bl_tensor *x, bl_tensor *y) {
     const ldam_drw *s = state;
     const int64_t classes = run->num_classes;
-    return bl_lt_ldam_loss(cosine_logits(run->model, x), y, bl_lt_vector(BL_F32, s->margins, classes), s->scale,
-                           s->weighted ? bl_lt_vector(BL_F32, s->weights, classes) : NULL);
+    const bl_lt_ldam_args args = {bl_lt_vector(BL_F32, s->margins, classes), s->scale,
+                                  s->weighted ? bl_lt_vector(BL_F32, s->weights, classes) : NULL};
+    return bl_run_label_loss(run, cosine_logits(run->model, x), y, bl_lt_ldam_label_loss, &args);
 }
 
 static bl_tensor *logits(bl_run *run, void *state, bl_tensor *x) { return cosine_logits(run->model, x); }

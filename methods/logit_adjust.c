@@ -35,12 +35,12 @@ static bl_tensor *adjustment(bl_run *run, const logit_adjust *s) {
 static bl_tensor *plain_logits(bl_run *run, void *state, bl_tensor *x) { return bl_model_forward(run->model, x); }
 
 static bl_tensor *plain_loss(bl_run *run, void *state, bl_tensor *x, bl_tensor *y) {
-    return bl_cross_entropy(bl_model_forward(run->model, x), y, bl_ce_args_default());
+    return bl_run_cross_entropy(run, bl_model_forward(run->model, x), y, bl_ce_args_default());
 }
 
 static bl_tensor *adjusted_loss(bl_run *run, void *state, bl_tensor *x, bl_tensor *y) {
     bl_tensor *logits = bl_add(bl_model_forward(run->model, x), adjustment(run, state));
-    return bl_cross_entropy(logits, y, bl_ce_args_default());
+    return bl_run_cross_entropy(run, logits, y, bl_ce_args_default());
 }
 
 static bl_tensor *adjusted_logits(bl_run *run, void *state, bl_tensor *x) {

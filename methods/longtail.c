@@ -114,6 +114,16 @@ bl_tensor *bl_lt_ldam_loss(bl_tensor *logits, bl_tensor *target, bl_tensor *marg
     return bl_cross_entropy(bl_mul_scalar(bl_sub(logits, target_margin), scale), target, args);
 }
 
+bl_tensor *bl_lt_focal_label_loss(bl_tensor *logits, bl_tensor *target, const void *focal_args) {
+    const bl_lt_focal_args *a = focal_args;
+    return bl_lt_focal_loss(logits, target, a->gamma, a->class_weight);
+}
+
+bl_tensor *bl_lt_ldam_label_loss(bl_tensor *logits, bl_tensor *target, const void *ldam_args) {
+    const bl_lt_ldam_args *a = ldam_args;
+    return bl_lt_ldam_loss(logits, target, a->margins, a->scale, a->class_weight);
+}
+
 static bool check_classifier(const char *what, const bl_tensor *x, const bl_tensor *weight, int heads) {
     BL_CHECK_OR(false, x->ndim == 2 && weight->ndim == 2 && x->shape[1] == weight->shape[1],
                 "%s: features %s and weight %s must be (N, D) and (C, D)", what, bl__shape(x), bl__shape(weight));

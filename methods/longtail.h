@@ -41,6 +41,19 @@ bl_tensor *bl_lt_focal_loss(bl_tensor *logits, bl_tensor *target, double gamma, 
 bl_tensor *bl_lt_ldam_loss(bl_tensor *logits, bl_tensor *target, bl_tensor *margins, double scale,
                            bl_tensor *class_weight);
 
+/* The two losses as bl_label_loss_fn, for bl_run_label_loss (which mixes batches). */
+typedef struct {
+    double gamma;
+    bl_tensor *class_weight;
+} bl_lt_focal_args;
+bl_tensor *bl_lt_focal_label_loss(bl_tensor *logits, bl_tensor *target, const void *focal_args);
+typedef struct {
+    bl_tensor *margins;
+    double scale;
+    bl_tensor *class_weight;
+} bl_lt_ldam_args;
+bl_tensor *bl_lt_ldam_label_loss(bl_tensor *logits, bl_tensor *target, const void *ldam_args);
+
 /* ---- normalised classifiers --------------------------------------------------------------- */
 
 /* Cosine classifier: normalize(x) normalize(w_c)^T for x (N, D), weight (C, D) -> (N, C). */

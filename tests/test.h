@@ -67,6 +67,13 @@ static inline bl_tensor *test_randn(bl_dtype dt, int ndim, const int64_t *shape,
     return t;
 }
 
+/* A new tensor (in the arena) with t's shape, dtype and values. */
+static inline bl_tensor *test_copy(const bl_tensor *t) {
+    bl_tensor *copy = bl_empty(t->dtype, t->ndim, t->shape);
+    if (copy) bl_copy_(copy, t);
+    return copy;
+}
+
 typedef void (*test_fn)(void);
 typedef struct { const char *name; test_fn fn; } test_case;
 

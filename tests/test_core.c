@@ -224,6 +224,43 @@ static void test_rng_streams(void) {
     for (int k = 0; k < 5; k++) CHECK(labs((long)counts[k] - 10000) < 400);
 }
 
+/* Gamma(k) has mean and variance k; Beta(a, b) mean a / (a + b), variance ab / ((a + b)^2 (a + b + 1)).
+ * Shapes below and above 1 take different paths. 40000 draws: the bounds are about 5 standard errors. */
+static void test_rng_gamma_beta(void) {
+    const double shapes[3] = {0.4, 1.0, 3.5};
+    for (int s = 0; s < 3; s++) {
+        bl_rng r = bl_rng_make(11, (uint64_t)s);
+        double k = shapes[s], mean = 0, sq = 0;
+        const int n = 40000;
+        for (int i = 0; i < n; i++) {
+            double v = bl_rng_gamma(&r, k);
+            CHECK(v >= 0);
+            mean += v / n;
+            sq += v * v / n;
+        }
+        double var = sq - mean * mean;
+        CHECK(fabs(mean - k) < 5 * sqrt(k / n) && fabs(var - k) < 0.06 * k + 0.02, "gamma(%g): mean %g var %g", k, mean,
+              var);
+    }
+    const double ab[3][2] = {{0.2, 0.2}, {1, 1}, {2, 5}};
+    for (int s = 0; s < 3; s++) {
+        bl_rng r = bl_rng_make(12, (uint64_t)s);
+        double a = ab[s][0], b = ab[s][1], mean = 0, sq = 0;
+        const int n = 40000;
+        for (int i = 0; i < n; i++) {
+            double v = bl_rng_beta(&r, a, b);
+            CHECK(v >= 0 && v <= 1);
+            mean += v / n;
+            sq += v * v / n;
+        }
+        double want_var = a * b / ((a + b) * (a + b) * (a + b + 1));
+        CHECK(fabs(mean - a / (a + b)) < 5 * sqrt(want_var / n) && fabs(sq - mean * mean - want_var) < 0.05 * want_var,
+              "beta(%g, %g): mean %g var %g", a, b, mean, sq - mean * mean);
+    }
+    bl_rng r = bl_rng_make(1, 1);
+    CHECK(isnan(bl_rng_gamma(&r, 0)) && isnan(bl_rng_gamma(&r, -1)));
+}
+
 static void test_half_precision_storage(void) {
     const double values[] = {0.0, 1.0, -2.5, 65504.0, 6.103515625e-05, 5.960464477539063e-08, 0.1};
     bl_tensor *src = bl_from_data(BL_F64, BL_SHAPE(7), values);
@@ -238,4 +275,4 @@ static void test_half_precision_storage(void) {
 TEST_MAIN(TEST(test_views_share_memory), TEST(test_binary_broadcast_matches_naive), TEST(test_sums),
           TEST(test_gradcheck_binary_and_views), TEST(test_gradcheck_detects_wrong_gradient), TEST(test_cast_is_differentiable),
           TEST(test_engine_accumulates_and_reuses), TEST(test_create_graph_second_derivative),
-          TEST(test_scopes_reuse_memory), TEST(test_rng_streams), TEST(test_half_precision_storage))
+          TEST(test_scopes_reuse_memory), TEST(test_rng_streams), TEST(test_rng_gamma_beta), TEST(test_half_precision_storage))

@@ -420,6 +420,77 @@ static int64_t drain_epoch(bl_loader *l, int epoch, float *xs, int64_t *ys, int6
     return batches;
 }
 
+/* mixup: every image is lam x_b + (1 - lam) x_perm(b), with perm a permutation read off the partner
+ * labels (all distinct). cutmix: one rectangle of positions comes from the partner in every image
+ * and lam is exactly the share of positions outside it. prob 0 and both off leave the batch alone;
+ * a seed gives the same mixing again. */
+static void test_mix_batch(void) {
+    const int64_t B = 6, C = 2, H = 5, W = 7, image = C * H * W;
+    bl_tensor *original = test_randn(BL_F32, BL_SHAPE(B, C, H, W), 3), *y = bl_empty(BL_I64, 1, &B);
+    for (int64_t i = 0; i < B; i++) ((int64_t *)y->data)[i] = 10 + i;
+    const float *o = original->data;
+    for (int mode = 0; mode < 2; mode++) {
+        for (uint64_t seed = 0; seed < 8; seed++) {
+            bl_tensor *x = test_copy(original), *partner = NULL;
+            bl_rng rng = bl_rng_make(seed, 1);
+            double lam = -1;
+            bl_mix_args args = {mode == 0 ? 0.4 : 0, mode == 1 ? 1.0 : 0, 1.0};
+            CHECK(bl_mix_batch(&args, &rng, x, y, &partner, &lam) == BL_OK && partner, "%s", bl_last_error());
+            if (!partner) continue;
+            CHECK(lam >= 0 && lam <= 1, "lam %g", lam);
+            int64_t perm[6], seen = 0;
+            for (int64_t b = 0; b < B; b++) {
+                perm[b] = ((int64_t *)partner->data)[b] - 10;
+                CHECK(perm[b] >= 0 && perm[b] < B);
+                seen |= (int64_t)1 << perm[b];
+            }
+            CHECK(seen == (1 << B) - 1, "the partners are a permutation");
+            const float *got = x->data;
+            if (mode == 0) {
+                double worst = 0;
+                for (int64_t b = 0; b < B; b++)
+                    for (int64_t j = 0; j < image; j++)
+                        worst = fmax(worst, fabs(got[b * image + j] -
+                                                 (lam * o[b * image + j] + (1 - lam) * o[perm[b] * image + j])));
+                CHECK(worst < 1e-5, "mixup off by %g", worst);
+            } else {
+                int64_t taken = 0;
+                for (int64_t p = 0; p < H * W; p++) {
+                    /* a position is the partner's in every image and channel, or in none */
+                    int from_partner = -1;
+                    for (int64_t b = 0; b < B; b++)
+                        for (int64_t c = 0; c < C; c++) {
+                            const int64_t at = c * H * W + p;
+                            bool own = got[b * image + at] == o[b * image + at];
+                            bool other = got[b * image + at] == o[perm[b] * image + at];
+                            CHECK(own || other, "pixel from neither image");
+                            if (perm[b] == b) continue;
+                            int here = other && !own;
+                            CHECK(from_partner < 0 || from_partner == here, "the box differs between images");
+                            from_partner = here;
+                        }
+                    taken += from_partner == 1;
+                }
+                CHECK_CLOSE(lam, 1.0 - (double)taken / (double)(H * W), 1e-12);
+            }
+            bl_tensor *again = test_copy(original), *partner2 = NULL;
+            double lam2 = -1;
+            rng = bl_rng_make(seed, 1);
+            CHECK(bl_mix_batch(&args, &rng, again, y, &partner2, &lam2) == BL_OK && lam2 == lam);
+            CHECK(memcmp(again->data, x->data, (size_t)(B * image) * sizeof(float)) == 0, "the seed decides");
+        }
+    }
+    bl_tensor *x = test_copy(original), *partner = NULL;
+    bl_rng rng = bl_rng_make(0, 1);
+    double lam = 0;
+    const bl_mix_args never = {1.0, 1.0, 0.0}, off = {0, 0, 1.0}, bad = {1.0, 0, 1.5};
+    CHECK(bl_mix_batch(&never, &rng, x, y, &partner, &lam) == BL_OK && !partner && lam == 1);
+    CHECK(bl_mix_batch(&off, &rng, x, y, &partner, &lam) == BL_OK && !partner && lam == 1);
+    CHECK(memcmp(x->data, o, (size_t)(B * image) * sizeof(float)) == 0, "an unmixed batch is untouched");
+    CHECK(bl_mix_batch(&bad, &rng, x, y, &partner, &lam) == BL_ERR && strstr(bl_last_error(), "1.5"));
+    bl_clear_error();
+}
+
 static void test_loader_determinism(void) {
     enum { N = 37, B = 8 };
     bl_dataset ds = small_dataset(N);
@@ -701,7 +772,7 @@ int main(void) {
     const test_case cases[] = {TEST(test_longtail_counts_match_protocol), TEST(test_longtail_indices),
                                TEST(test_index_file_round_trip),          TEST(test_holdout_complement_subset),
                                TEST(test_sampler_frequencies),            TEST(test_augment_against_naive),
-                               TEST(test_augment_offsets_uniform),        TEST(test_loader_determinism),
+                               TEST(test_augment_offsets_uniform),        TEST(test_mix_batch), TEST(test_loader_determinism),
                                TEST(test_loader_hook_error),              TEST(test_cifar_and_idx_datasets),
                                TEST(test_image_folder),
                                TEST(test_truncated_jpeg)};

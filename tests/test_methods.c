@@ -446,12 +446,6 @@ static void test_smoke_every_method(void) {
     CHECK(count == 11, "%d methods registered", count);
 }
 
-static bl_tensor *snapshot(const bl_tensor *t) {
-    bl_tensor *copy = bl_empty(t->dtype, t->ndim, t->shape);
-    bl_copy_(copy, t);
-    return copy;
-}
-
 /* A recipe refuses option values it cannot use, naming the config and the key. */
 static void test_option_errors(void) {
     const struct { const char *method, *options, *expect; } cases[] = {
@@ -546,6 +540,67 @@ static void test_recipe_losses(void) {
     }
 }
 
+/* A mixed batch's loss is lam L(y) + (1 - lam) L(partner) for a label-independent loss (ce) and a
+ * label-dependent one (LDAM's margin sits on the target logit), the trainer's check sees that it
+ * went through bl_run_label_loss, and every method trains on mixed batches (mixup and cutmix). */
+static void test_mixed_losses(void) {
+    const char *recipes[2] = {"ce", "ldam_drw"};
+    for (int r = 0; r < 2; r++) {
+        char tag[64];
+        snprintf(tag, sizeof tag, "mixed_%s", recipes[r]);
+        bl_run *run = smoke_run(recipes[r], "", 2, tag);
+        CHECK(run != NULL, "%s", recipes[r]);
+        if (!run) continue;
+        bl_model *m = run->model;
+        const int64_t n = 8;
+        bl_tensor *x = bl_images_to_float(bl_slice(run->test.images, 0, 0, n, 1), run->augment.mean, run->augment.std);
+        bl_tensor *y = bl_contiguous(bl_slice(run->test.labels, 0, 0, n, 1));
+        bl_tensor *partner = bl_empty(BL_I64, 1, &n);
+        for (int64_t i = 0; i < n; i++) ((int64_t *)partner->data)[i] = (((int64_t *)y->data)[i] + 1 + i % 3) % 4;
+        double own, other;
+        if (r == 0) {
+            bl_tensor *logits = bl_model_forward(m, x);
+            own = bl_item(bl_cross_entropy(logits, y, bl_ce_args_default()));
+            other = bl_item(bl_cross_entropy(logits, partner, bl_ce_args_default()));
+        } else {
+            double margins[4];
+            CHECK(bl_lt_ldam_margins(run->class_counts, 4, 0.5, margins) == BL_OK);
+            bl_tensor *cosines = bl_lt_cosine_logits(bl_model_features(m, x), m->classifier.weight);
+            bl_tensor *mv = bl_lt_vector(BL_F32, margins, 4);
+            own = bl_item(bl_lt_ldam_loss(cosines, y, mv, 30, NULL));
+            other = bl_item(bl_lt_ldam_loss(cosines, partner, mv, 30, NULL));
+        }
+        CHECK(fabs(own - other) > 1e-3, "the partner labels change the loss");
+        run->mix.partner = partner;
+        run->mix.lam = 0.3;
+        run->mix.applied = false;
+        double mixed = bl_item(run->method->loss(run, run->method_state, x, y));
+        CHECK_CLOSE(mixed, 0.3 * own + 0.7 * other, 1e-5);
+        CHECK(run->mix.applied, "%s: the loss took the mixing", recipes[r]);
+        run->mix.partner = NULL;
+        bl_run_free(run);
+    }
+    for (const char *const *name = bl_method_names(); *name; name++) {
+        const char *options = strcmp(*name, "crt") == 0 || strcmp(*name, "lws") == 0 ? "stage2_epochs: 1" : "";
+        char tag[64];
+        snprintf(tag, sizeof tag, "mixing_%s", *name);
+        bl_run *run = smoke_run(*name, options, 2, tag);
+        CHECK(run != NULL, "%s", *name);
+        if (!run) continue;
+        run->mix.args = (bl_mix_args){0.4, 1.0, 1.0};
+        CHECK(bl_run_train(run) == BL_OK, "%s: %s", *name, bl_last_error());
+        bl_clear_error();
+        if (strcmp(*name, "ce") == 0) {
+            /* the mixing reached the batches: the same run without it ends elsewhere */
+            bl_run *plain = smoke_run("ce", "", 2, "mixing_none");
+            CHECK(plain && bl_run_train(plain) == BL_OK);
+            if (plain) CHECK(test_max_rel_diff(plain->model->classifier.weight, run->model->classifier.weight) > 1e-3);
+            bl_run_free(plain);
+        }
+        bl_run_free(run);
+    }
+}
+
 /* The classifier stages train only what they should: cRT and LWS leave every backbone parameter and
  * BatchNorm statistic as stage one left it; cRT changes the classifier, LWS only its scales; both
  * second stages lower their own loss. */
@@ -558,8 +613,8 @@ static void test_decoupled_stages_freeze(void) {
         CHECK(bl_run_train_epochs(run, 0, 3) == BL_OK);
         bl_model *m = run->model;
         bl_tensor *conv = bl_model_param(m, "features.0.weight"), *norm = bl_model_param(m, "features.1.weight");
-        bl_tensor *before_conv = snapshot(conv), *before_norm = snapshot(norm);
-        bl_tensor *before_fc = snapshot(m->classifier.weight);
+        bl_tensor *before_conv = test_copy(conv), *before_norm = test_copy(norm);
+        bl_tensor *before_fc = test_copy(m->classifier.weight);
         run->stage = 1;
         CHECK(run->method->after_training(run, run->method_state) == BL_OK, "%s", recipes[r]);
         CHECK(test_max_rel_diff(conv, before_conv) == 0 && test_max_rel_diff(norm, before_norm) == 0,
@@ -692,7 +747,7 @@ static void test_posthoc_logits(void) {
         bl_tensor *got = run->method->logits(run, run->method_state, x);
         bl_tensor *features = bl_model_features(m, x);
         /* reference: each class weight divided by its norm to the power tau, by hand */
-        bl_tensor *w = snapshot(m->classifier.weight);
+        bl_tensor *w = test_copy(m->classifier.weight);
         for (int64_t c = 0; c < w->shape[0]; c++) {
             double sq = 0;
             for (int64_t j = 0; j < w->shape[1]; j++) sq += pow(bl_get_flat(w, c * w->shape[1] + j), 2);
@@ -722,6 +777,6 @@ static void test_posthoc_logits(void) {
 
 TEST_MAIN(TEST(test_setup), TEST(test_effective_number_weights), TEST(test_ldam_margins_and_prior), TEST(test_focal_loss_by_hand),
           TEST(test_ldam_loss_by_hand), TEST(test_causal_norm_and_tde_by_hand), TEST(test_cosine_and_tau_norm_by_hand),
-          TEST(test_head_direction_update), TEST(test_gradients), TEST(test_resnet32_bbn),
+          TEST(test_head_direction_update), TEST(test_gradients), TEST(test_resnet32_bbn), TEST(test_mixed_losses),
           TEST(test_configs_validate), TEST(test_smoke_every_method), TEST(test_option_errors), TEST(test_recipe_losses), TEST(test_decoupled_stages_freeze), TEST(test_deconfound_tde_run),
           TEST(test_posthoc_logits), TEST(test_cleanup))

@@ -218,21 +218,23 @@ static void test_resume_reproduces_uninterrupted_run(void) {
     char a[512], b[512], fa[800], fb[800];
     snprintf(a, sizeof a, "%s", scratch("whole"));
     snprintf(b, sizeof b, "%s", scratch("interrupted"));
-    /* dropout and a class-balanced sampler make more of the state that resume must restore matter */
-    const char *over[] = {"model.drop_rate=0.2", "train.sampler=class_balanced", "train.schedule=multistep",
-                          "train.milestones=[3]"};
-    bl_run *run = make_run(a, false, over, 4);
+    /* dropout, a class-balanced sampler and batch mixing make more of the state that resume must
+     * restore matter */
+    const char *over[] = {"model.drop_rate=0.2",       "train.sampler=class_balanced", "train.schedule=multistep",
+                          "train.milestones=[3]",      "train.augment.mixup=0.4",      "train.augment.cutmix=1",
+                          "train.augment.mix_prob=0.8"};
+    bl_run *run = make_run(a, false, over, 7);
     CHECK(run && bl_run_train(run) == BL_OK);
     bl_run_free(run);
 
     /* the same run stopped after 2 epochs (as if killed), then continued with resume */
-    run = make_run(b, false, over, 4);
+    run = make_run(b, false, over, 7);
     CHECK(run && bl_run_train_epochs(run, 0, 2) == BL_OK);
     bl_run_free(run);
     snprintf(fa, sizeof fa, "%s/checkpoints/epoch_0002/model.safetensors", a);
     snprintf(fb, sizeof fb, "%s/checkpoints/epoch_0002/model.safetensors", b);
     CHECK(same_weights(fa, fb)); /* the same seed gives the same run */
-    run = make_run(b, true, over, 4);
+    run = make_run(b, true, over, 7);
     CHECK(run && run->epoch == 2 && run->step == 2 * 8);
     CHECK(run && bl_run_train(run) == BL_OK);
     bl_run_free(run);

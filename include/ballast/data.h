@@ -147,7 +147,7 @@ int bl_sampler_class_probs(const bl_sampler *s, int epoch, int total_epochs, dou
 /* A per-image transform run on the loader's thread after normalization: must not touch the step
  * arena or autograd, and draws randomness only from `rng` (so results stay deterministic).
  * The extension point for colour jitter and the like; returns BL_OK or BL_ERR (with an error).
- * Batch-level mixing (mixup, cutmix) changes the targets too, so it belongs in a method's loss. */
+ * Batch-level mixing (mixup, cutmix) changes the targets too: see bl_mix_batch below. */
 typedef int (*bl_augment_hook)(float *image, int64_t channels, int64_t height, int64_t width, bl_rng *rng,
                                void *user);
 
@@ -180,6 +180,25 @@ bl_rng bl_augment_stream(uint64_t seed, int epoch, int64_t position);
 /* Transforms one U8 image (C, H, W) into dst F32 (C, H, W). `aug` NULL = pixels / 255. */
 int bl_augment_image(const bl_augment *aug, const uint8_t *src, int64_t channels, int64_t height, int64_t width,
                      bl_rng *rng, float *dst);
+
+/* ---- batch mixing ----------------------------------------------------------------------------- */
+
+/* Mixing a training batch with a shuffled copy of itself, which changes the targets too.
+ * mixup (Zhang et al. 2018): x = lam x + (1 - lam) x[perm], lam ~ Beta(mixup, mixup).
+ * cutmix (Yun et al. 2019): a box of area ratio 1 - lam' (lam' ~ Beta(cutmix, cutmix)), centred on
+ * a uniform pixel and clipped at the border, is pasted from x[perm]; lam is then the share of the
+ * pixels each image kept. A batch is mixed with probability `prob`; with both on, each mixed batch
+ * takes one of them with probability 1/2 (timm's switch). The loss of a mixed batch is
+ * lam L(y) + (1 - lam) L(y[perm]). */
+typedef struct {
+    double mixup, cutmix; /* the Beta parameter alpha of each; 0 = off */
+    double prob;          /* probability that a batch is mixed */
+} bl_mix_args;
+
+/* Mixes x F32 (B, C, H, W, contiguous) in place, drawing from rng. *partner gets NULL and *lam 1
+ * when the batch stays as it is, else a new I64 (B) tensor y[perm] (step arena) and the weight of y. */
+int bl_mix_batch(const bl_mix_args *a, bl_rng *rng, bl_tensor *x, const bl_tensor *y, bl_tensor **partner,
+                 double *lam);
 
 /* ---- the loader ------------------------------------------------------------------------------- */
 

@@ -145,6 +145,8 @@ uint64_t bl_rng_u64(bl_rng *r);
 double bl_rng_uniform(bl_rng *r);            /* [0, 1) */
 double bl_rng_normal(bl_rng *r);             /* standard normal */
 int64_t bl_rng_below(bl_rng *r, int64_t n);  /* uniform integer in [0, n) */
+double bl_rng_gamma(bl_rng *r, double shape); /* Gamma(shape, 1); NaN unless shape > 0 */
+double bl_rng_beta(bl_rng *r, double a, double b); /* Beta(a, b) */
 void bl_rng_shuffle(bl_rng *r, int64_t *idx, int64_t n);
 /* Fills a float tensor in place. */
 int bl_fill_uniform_(bl_tensor *t, bl_rng *r, double lo, double hi);

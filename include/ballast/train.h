@@ -172,6 +172,12 @@ struct bl_run {
     int epoch, epochs;          /* epochs completed so far (0-based index of the next), total */
     int64_t step;               /* optimizer steps taken */
     bl_rng rng;                 /* a stream for methods' own random draws (saved in checkpoints) */
+    struct {
+        bl_mix_args args;       /* train.augment.mixup / cutmix / mix_prob */
+        bl_tensor *partner;     /* the current batch's mixed-in labels; NULL when it is not mixed */
+        double lam;             /* the weight of the batch's own labels */
+        bool applied;           /* set by bl_run_label_loss: the method's loss took the mixing */
+    } mix;
     FILE *log;                  /* log.jsonl, line-buffered; NULL for runs opened for evaluation */
     const bl_method *method;
     void *method_state;
@@ -209,6 +215,15 @@ int bl_run_train(bl_run *run);
  * train.eval_batch_size; any other key is an error, since the weights were trained with it. */
 bl_run *bl_run_open(const char *path, const char *const *overrides, int n_overrides);
 void bl_run_free(bl_run *run);
+
+/* The loss of a training batch from its logits: fn(logits, y, ctx), or for a batch that was mixed
+ * (train.augment.mixup / cutmix) lam fn(logits, y, ctx) + (1 - lam) fn(logits, partner, ctx) with
+ * run->mix's labels and weight. Every method's loss goes through it, so mixing works for all of
+ * them; the trainer refuses a mixed batch whose loss did not. */
+typedef bl_tensor *(*bl_label_loss_fn)(bl_tensor *logits, bl_tensor *y, const void *ctx);
+bl_tensor *bl_run_label_loss(bl_run *run, bl_tensor *logits, bl_tensor *y, bl_label_loss_fn fn, const void *ctx);
+/* bl_run_label_loss with bl_cross_entropy(logits, y, args). */
+bl_tensor *bl_run_cross_entropy(bl_run *run, bl_tensor *logits, bl_tensor *y, bl_ce_args args);
 
 /* Appends one record to log.jsonl: `json_object_body` is the inside of an object without braces,
  * e.g. "\"alpha\":1.5,\"val_top1\":0.61"; the record is written as {"method_epoch":E,"step":S,...}

@@ -25,6 +25,26 @@ double bl_rng_normal(bl_rng *r) {
     return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
 }
 
+double bl_rng_gamma(bl_rng *r, double shape) {
+    if (!(shape > 0)) return NAN;
+    /* Shape < 1 from shape + 1: G(a) = G(a + 1) U^(1/a). */
+    if (shape < 1) return bl_rng_gamma(r, shape + 1) * pow(1.0 - bl_rng_uniform(r), 1.0 / shape);
+    /* Marsaglia and Tsang (2000): a squeezed rejection from a transformed normal. */
+    const double d = shape - 1.0 / 3.0, c = 1.0 / sqrt(9.0 * d);
+    for (;;) {
+        double z = bl_rng_normal(r), v = 1.0 + c * z;
+        if (v <= 0) continue;
+        v = v * v * v;
+        double u = 1.0 - bl_rng_uniform(r);
+        if (log(u) < 0.5 * z * z + d - d * v + d * log(v)) return d * v;
+    }
+}
+
+double bl_rng_beta(bl_rng *r, double a, double b) {
+    double x = bl_rng_gamma(r, a), y = bl_rng_gamma(r, b);
+    return x / (x + y);
+}
+
 int64_t bl_rng_below(bl_rng *r, int64_t n) {
     if (n <= 1) return 0;
     /* Rejection sampling removes modulo bias. */

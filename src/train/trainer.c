@@ -18,6 +18,7 @@
 
 /* Random-stream purposes, so that each use of the seed draws from its own stream. */
 #define RUN_RNG_PURPOSE 0x7241
+#define MIX_RNG_PURPOSE 0x4d69780000000000ull /* "Mix" */
 #define SAMPLER_SEED_SALT 0x5a3b1d
 #define EVAL_LOADER_SEED 0
 
@@ -63,6 +64,10 @@ static const bl_option trainer_options[] = {
     {"train.augment.crop_pad", BL_OPT_INT, NULL, "random-crop padding (default: the dataset's standard)"},
     {"train.augment.hflip", BL_OPT_BOOL, NULL, "random horizontal flips (default: the dataset's standard)"},
     {"train.augment.cutout", BL_OPT_INT, "0", "cutout square side (0: off)"},
+    {"train.augment.mixup", BL_OPT_FLOAT, "0", "mixup: Beta(alpha, alpha) of the mixing weight (0: off)"},
+    {"train.augment.cutmix", BL_OPT_FLOAT, "0", "cutmix: Beta(alpha, alpha) of the kept area (0: off)"},
+    {"train.augment.mix_prob", BL_OPT_FLOAT, "1",
+     "probability that a batch is mixed when mixup or cutmix is on (both on: one of them, 1/2 each)"},
     {"train.threads", BL_OPT_INT, "0", "compute threads (0: the default, all cores)"},
     {"train.seed", BL_OPT_INT, "0", "seed of initialization, data order and augmentation"},
     {"train.eval_every", BL_OPT_INT, "5", "evaluate on the validation split every this many epochs (0: never)"},
@@ -372,6 +377,12 @@ static int fill_augment(bl_run *run) {
     run->augment.cutout = (int)bl_config_int(c, "train.augment.cutout");
     BL_CHECK_RC(run->augment.crop_pad >= 0 && run->augment.cutout >= 0,
                 "%s: train.augment.crop_pad and train.augment.cutout must be >= 0", src);
+    run->mix.args = (bl_mix_args){bl_config_float(c, "train.augment.mixup"), bl_config_float(c, "train.augment.cutmix"),
+                                  bl_config_float(c, "train.augment.mix_prob")};
+    BL_CHECK_RC(run->mix.args.mixup >= 0 && run->mix.args.cutmix >= 0,
+                "%s: train.augment.mixup and train.augment.cutmix must be >= 0 (0: off)", src);
+    BL_CHECK_RC(run->mix.args.prob >= 0 && run->mix.args.prob <= 1, "%s: train.augment.mix_prob %g is not in [0, 1]",
+                src, run->mix.args.prob);
     return BL_OK;
 }
 
@@ -616,12 +627,28 @@ static int write_train_record(bl_run *run, int epoch, double loss, double lr, do
     return BL_OK;
 }
 
+/* Mixes the batch as train.augment asks, from a stream of (train.seed, step) so that a resumed run
+ * mixes exactly as an uninterrupted one. */
+static int mix_batch(bl_run *run, bl_tensor *x, bl_tensor *y) {
+    run->mix.partner = NULL;
+    run->mix.lam = 1.0;
+    run->mix.applied = false;
+    bl_rng rng = bl_rng_make((uint64_t)bl_config_int(run->config, "train.seed"), MIX_RNG_PURPOSE + (uint64_t)run->step);
+    return bl_mix_batch(&run->mix.args, &rng, x, y, &run->mix.partner, &run->mix.lam);
+}
+
 /* One optimizer step on one batch; *loss_value gets the batch's loss. */
 static int train_step(bl_run *run, bl_tensor *x, bl_tensor *y, double clip, double *loss_value) {
+    BL_TRY(mix_batch(run, x, y));
     bl_tensor *loss = run->method->loss(run, run->method_state, x, y);
     if (!loss)
         return add_context("method %s: loss at epoch %d, step %lld", run->method->name, run->epoch + 1,
                            (long long)run->step + 1);
+    BL_CHECK_RC(!run->mix.partner || run->mix.applied,
+                "method %s does not take mixed batches (train.augment.mixup / cutmix): its loss must go through "
+                "bl_run_label_loss",
+                run->method->name);
+    run->mix.partner = NULL;
     BL_CHECK_RC(bl_numel(loss) == 1, "method %s: the loss must be a scalar, got %s", run->method->name, bl__shape(loss));
     double v = bl_item(loss);
     *loss_value = v;
