@@ -344,6 +344,58 @@ static void test_augment_against_naive(void) {
     CHECK(flips > 100 && flips < 200, "flips %d of 300", flips);
 }
 
+/* Colour jitter, one operation at a time, against its definition on the pixels in [0, 1]: the
+ * output is clamp(f x + (1 - f) base) with base 0 (brightness), the image's mean grey (contrast) or
+ * each pixel's grey (saturation), for one factor f per image (fitted by least squares) in
+ * [1 - s, 1 + s] and spread over it. Saturation leaves a grey image alone. */
+static void test_color_jitter(void) {
+    enum { C = 3, H = 6, W = 5, N = H * W };
+    uint8_t img[C * N];
+    bl_rng fill = bl_rng_make(4, 2);
+    for (int i = 0; i < C * N; i++) img[i] = (uint8_t)(40 + bl_rng_below(&fill, 170));
+    double in[C * N], grey_of[N], mean_grey = 0;
+    for (int i = 0; i < C * N; i++) in[i] = img[i] / 255.0;
+    for (int i = 0; i < N; i++) {
+        grey_of[i] = 0.299 * in[i] + 0.587 * in[N + i] + 0.114 * in[2 * N + i];
+        mean_grey += grey_of[i] / N;
+    }
+    for (int op = 0; op < 3; op++) {
+        bl_augment a = {.mean = {0.5f, 0.4f, 0.3f}, .std = {0.2f, 0.25f, 0.3f}};
+        a.jitter[op] = 0.5f;
+        double lowest = 2, highest = 0, worst = 0;
+        for (int k = 0; k < 60; k++) {
+            bl_rng r = bl_augment_stream(5, 0, k);
+            float out[C * N];
+            CHECK(bl_augment_image(&a, img, C, H, W, &r, out) == BL_OK);
+            double got[C * N], base[C * N], num = 0, den = 0;
+            for (int i = 0; i < C * N; i++) {
+                got[i] = out[i] * a.std[i / N] + a.mean[i / N];
+                base[i] = op == 0 ? 0 : op == 1 ? mean_grey : grey_of[i % N];
+                if (got[i] > 1e-6 && got[i] < 1 - 1e-6) { /* unclamped */
+                    num += (got[i] - base[i]) * (in[i] - base[i]);
+                    den += (in[i] - base[i]) * (in[i] - base[i]);
+                }
+            }
+            const double f = num / den;
+            lowest = fmin(lowest, f);
+            highest = fmax(highest, f);
+            for (int i = 0; i < C * N; i++)
+                worst = fmax(worst, fabs(got[i] - fmin(1, fmax(0, f * in[i] + (1 - f) * base[i]))));
+        }
+        CHECK(worst < 1e-5, "op %d: off its definition by %g", op, worst);
+        CHECK(lowest >= 0.5 - 1e-6 && lowest < 0.65 && highest <= 1.5 + 1e-6 && highest > 1.35, "op %d: f in [%g, %g]",
+              op, lowest, highest);
+    }
+    /* a grey (1-channel) image: saturation is the identity */
+    bl_augment grey_aug = {.mean = {0.5f}, .std = {0.2f}}, plain = grey_aug;
+    grey_aug.jitter[2] = 0.8f;
+    float with[N], without[N];
+    bl_rng r1 = bl_augment_stream(1, 0, 0), r2 = r1;
+    CHECK(bl_augment_image(&grey_aug, img, 1, H, W, &r1, with) == BL_OK &&
+          bl_augment_image(&plain, img, 1, H, W, &r2, without) == BL_OK);
+    for (int i = 0; i < N; i++) CHECK(fabsf(with[i] - without[i]) < 1e-5f);
+}
+
 /* With every source pixel distinct, an output identifies its crop offset and flip: over many
  * draws each of the (2p+1)^2 * 2 outcomes must appear about equally often. */
 static void test_augment_offsets_uniform(void) {
@@ -771,7 +823,7 @@ int main(void) {
     if (!mkdtemp(dir)) return 1;
     const test_case cases[] = {TEST(test_longtail_counts_match_protocol), TEST(test_longtail_indices),
                                TEST(test_index_file_round_trip),          TEST(test_holdout_complement_subset),
-                               TEST(test_sampler_frequencies),            TEST(test_augment_against_naive),
+                               TEST(test_sampler_frequencies),            TEST(test_augment_against_naive), TEST(test_color_jitter),
                                TEST(test_augment_offsets_uniform),        TEST(test_mix_batch), TEST(test_loader_determinism),
                                TEST(test_loader_hook_error),              TEST(test_cifar_and_idx_datasets),
                                TEST(test_image_folder),

@@ -155,16 +155,22 @@ typedef int (*bl_augment_hook)(float *image, int64_t channels, int64_t height, i
  *  1. random crop: pad by crop_pad pixels of value 0 on every side, cut out the original size at a
  *     random offset (top, left) in [0, 2 * crop_pad] each;
  *  2. horizontal flip with probability 1/2;
- *  3. normalize: (pixel / 255 - mean[c]) / std[c] (std[c] == 0 leaves the channel at pixel / 255;
+ *  3. colour jitter (torchvision's ColorJitter without hue) on the pixels in [0, 1]: brightness
+ *     (x f), contrast (blend with the image's mean grey) and saturation (blend with each pixel's
+ *     grey, 3-channel images only), each with a factor f uniform in [max(0, 1 - s), 1 + s] for its
+ *     strength s > 0, in a random order, clamped to [0, 1] after each;
+ *  4. normalize: (pixel / 255 - mean[c]) / std[c] (std[c] == 0 leaves the channel at pixel / 255;
  *     a 1-channel image uses entry 0);
- *  4. cutout: rows and columns [centre - cutout/2, centre + cutout/2) around a uniform pixel,
+ *  5. cutout: rows and columns [centre - cutout/2, centre + cutout/2) around a uniform pixel,
  *     clipped at the border, set to 0 (DeVries & Taylor's definition);
- *  5. hook, when set.
+ *  6. hook, when set.
  * Randomness per image, drawn in this order from the image's stream: top, left (when crop_pad > 0),
- * flip (when hflip), centre row, centre column (when cutout > 0). */
+ * flip (when hflip), the jitter's order and then its factors in that order (when any strength is
+ * > 0), centre row, centre column (when cutout > 0). */
 typedef struct {
     int crop_pad;
     bool hflip;
+    float jitter[3]; /* brightness, contrast, saturation strengths; 0 = off */
     float mean[3], std[3];
     int cutout;
     bl_augment_hook hook;

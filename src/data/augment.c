@@ -1,10 +1,12 @@
 /* Per-image training transforms (random crop with zero padding, horizontal flip, normalization,
- * cutout) fused into one pass from U8 pixels to normalized floats: each output pixel is read
- * once from the source and written once, so the loader's thread keeps well ahead of training. */
+ * cutout) fused into one pass from U8 pixels to normalized floats: each output pixel is read once
+ * from the source and written once, so the loader's thread keeps well ahead of training. Colour
+ * jitter, when on, is a second pass over the image. */
 #include "ballast/data.h"
 
 #include "core/internal.h"
 
+#include <math.h>
 #include <string.h>
 
 #define PURPOSE_AUGMENT 0x4175676d65000000ull /* "Augme" */
@@ -37,6 +39,61 @@ bl_rng bl_augment_stream(uint64_t seed, int epoch, int64_t position) {
     return bl_rng_make(bl_rng_u64(&epoch_stream), (uint64_t)position);
 }
 
+/* The (mean, std) that normalize channel c, as the transform uses them (std 0: none). */
+static void channel_norm(const bl_augment *aug, int64_t c, int64_t channels, float *mean, float *sd) {
+    int64_t k = channels == 1 || c > 2 ? 0 : c;
+    bool normalize = aug->std[k] != 0.0f;
+    *sd = normalize ? aug->std[k] : 1.0f;
+    *mean = normalize ? aug->mean[k] : 0.0f;
+}
+
+static float clamp01(float v) { return v < 0 ? 0 : v > 1 ? 1 : v; }
+
+/* Grey level of pixel i of a (C, n) image in [0, 1] (ITU-R 601, as torchvision; 1 channel: itself). */
+static float grey(const float *img, int64_t channels, int64_t n, int64_t i) {
+    return channels >= 3 ? 0.299f * img[i] + 0.587f * img[n + i] + 0.114f * img[2 * n + i] : img[i];
+}
+
+/* Step 3 on an image already normalized (step 4): back to [0, 1], jitter, normalized again; the
+ * crop and flip come first, and the result is the same as jittering before normalizing. */
+static void color_jitter(const bl_augment *aug, int64_t channels, int64_t n, bl_rng *rng, float *img) {
+    int64_t order[3] = {0, 1, 2};
+    bl_rng_shuffle(rng, order, 3);
+    float factor[3] = {1, 1, 1};
+    for (int k = 0; k < 3; k++) {
+        const double s = aug->jitter[order[k]], lo = fmax(0.0, 1.0 - s);
+        if (s > 0) factor[order[k]] = (float)(lo + bl_rng_uniform(rng) * (1.0 + s - lo));
+    }
+    for (int64_t c = 0; c < channels; c++) {
+        float mean, sd;
+        channel_norm(aug, c, channels, &mean, &sd);
+        for (int64_t i = 0; i < n; i++) img[c * n + i] = img[c * n + i] * sd + mean;
+    }
+    for (int k = 0; k < 3; k++) {
+        const int op = (int)order[k];
+        const float f = factor[op];
+        if (aug->jitter[op] <= 0) continue;
+        if (op == 0) {
+            for (int64_t i = 0; i < channels * n; i++) img[i] = clamp01(img[i] * f);
+        } else if (op == 1) {
+            double sum = 0;
+            for (int64_t i = 0; i < n; i++) sum += grey(img, channels, n, i);
+            const float m = (float)(sum / (double)n);
+            for (int64_t i = 0; i < channels * n; i++) img[i] = clamp01(f * img[i] + (1 - f) * m);
+        } else if (channels >= 3) {
+            for (int64_t i = 0; i < n; i++) {
+                const float g = grey(img, channels, n, i);
+                for (int64_t c = 0; c < 3; c++) img[c * n + i] = clamp01(f * img[c * n + i] + (1 - f) * g);
+            }
+        }
+    }
+    for (int64_t c = 0; c < channels; c++) {
+        float mean, sd;
+        channel_norm(aug, c, channels, &mean, &sd);
+        for (int64_t i = 0; i < n; i++) img[c * n + i] = (img[c * n + i] - mean) / sd;
+    }
+}
+
 int bl_augment_image(const bl_augment *aug, const uint8_t *src, int64_t channels, int64_t height, int64_t width,
                      bl_rng *rng, float *dst) {
     int64_t pad = aug ? aug->crop_pad : 0, top = 0, left = 0;
@@ -53,9 +110,8 @@ int bl_augment_image(const bl_augment *aug, const uint8_t *src, int64_t channels
     if (x0 > width) x0 = width; /* padding wider than the image: whole rows of padding */
     if (x1 < x0) x1 = x0;
     for (int64_t c = 0; c < channels; c++) {
-        int64_t k = channels == 1 || c > 2 ? 0 : c;
-        bool normalize = aug && aug->std[k] != 0.0f;
-        float sd = normalize ? aug->std[k] : 1.0f, mean = normalize ? aug->mean[k] : 0.0f;
+        float sd = 1.0f, mean = 0.0f;
+        if (aug) channel_norm(aug, c, channels, &mean, &sd);
         /* (p / 255 - mean) / std as one multiply-add; padding is a black pixel, normalized too. */
         float scale = 1.0f / (255.0f * sd), offset = -mean / sd;
         const uint8_t *plane = src + c * height * width;
@@ -79,6 +135,8 @@ int bl_augment_image(const bl_augment *aug, const uint8_t *src, int64_t channels
             }
         }
     }
+    if (aug && (aug->jitter[0] > 0 || aug->jitter[1] > 0 || aug->jitter[2] > 0))
+        color_jitter(aug, channels, height * width, rng, dst);
     if (aug && aug->cutout > 0) {
         /* DeVries & Taylor's cutout: rows [cy - L/2, cy + L/2) and the same for columns, clipped. */
         int64_t cy = bl_rng_below(rng, height), cx = bl_rng_below(rng, width), half = aug->cutout / 2;

@@ -64,6 +64,8 @@ static const bl_option trainer_options[] = {
     {"train.augment.crop_pad", BL_OPT_INT, NULL, "random-crop padding (default: the dataset's standard)"},
     {"train.augment.hflip", BL_OPT_BOOL, NULL, "random horizontal flips (default: the dataset's standard)"},
     {"train.augment.cutout", BL_OPT_INT, "0", "cutout square side (0: off)"},
+    {"train.augment.color_jitter", BL_OPT_LIST, NULL,
+     "[brightness, contrast, saturation] strengths of torchvision's ColorJitter (default: off)"},
     {"train.augment.mixup", BL_OPT_FLOAT, "0", "mixup: Beta(alpha, alpha) of the mixing weight (0: off)"},
     {"train.augment.cutmix", BL_OPT_FLOAT, "0", "cutmix: Beta(alpha, alpha) of the kept area (0: off)"},
     {"train.augment.mix_prob", BL_OPT_FLOAT, "1",
@@ -375,6 +377,13 @@ static int fill_augment(bl_run *run) {
     if (bl_config_has(c, "train.augment.crop_pad")) run->augment.crop_pad = (int)bl_config_int(c, "train.augment.crop_pad");
     if (bl_config_has(c, "train.augment.hflip")) run->augment.hflip = bl_config_bool(c, "train.augment.hflip");
     run->augment.cutout = (int)bl_config_int(c, "train.augment.cutout");
+    if (bl_config_has(c, "train.augment.color_jitter")) {
+        int n = bl_config_list(c, "train.augment.color_jitter", v, 3);
+        BL_CHECK_RC(n == 3 && v[0] >= 0 && v[1] >= 0 && v[2] >= 0,
+                    "%s: train.augment.color_jitter needs three strengths >= 0 (brightness, contrast, saturation)",
+                    src);
+        for (int i = 0; i < 3; i++) run->augment.jitter[i] = (float)v[i];
+    }
     BL_CHECK_RC(run->augment.crop_pad >= 0 && run->augment.cutout >= 0,
                 "%s: train.augment.crop_pad and train.augment.cutout must be >= 0", src);
     run->mix.args = (bl_mix_args){bl_config_float(c, "train.augment.mixup"), bl_config_float(c, "train.augment.cutmix"),
@@ -558,11 +567,9 @@ int bl_run_evaluate(bl_run *run, const bl_dataset *ds, bl_metrics *out) {
     BL_CHECK_RC(run && ds && out, "bl_run_evaluate: NULL argument");
     BL_TRY(bl_metrics_init(out, run->num_classes));
     if (!ds->images || bl_numel(ds->labels) == 0) return BL_OK;
-    bl_augment plain = run->augment;
-    plain.crop_pad = 0;
-    plain.hflip = false;
-    plain.cutout = 0;
-    plain.hook = NULL;
+    bl_augment plain = {0}; /* evaluation: the training normalization, no random transform */
+    memcpy(plain.mean, run->augment.mean, sizeof plain.mean);
+    memcpy(plain.std, run->augment.std, sizeof plain.std);
     bl_loader *l = bl_loader_create(ds, NULL, bl_config_int(run->config, "train.eval_batch_size"), false, &plain,
                                     EVAL_LOADER_SEED);
     if (!l || bl_loader_start_epoch(l, 0, 1) != BL_OK) {
