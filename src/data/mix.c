@@ -37,10 +37,9 @@ int bl_mix_batch(const bl_mix_args *a, bl_rng *rng, bl_tensor *x, const bl_tenso
     const bool cutmix = a->cutmix > 0 && (a->mixup == 0 || bl_rng_uniform(rng) < 0.5);
     const double alpha = cutmix ? a->cutmix : a->mixup;
     const int64_t B = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3], image = C * H * W;
-    int64_t *perm = NULL;
     bl_tensor *labels = bl_empty(BL_I64, 1, &B), *original = bl_empty(BL_F32, 4, x->shape);
     if (!labels || !original) return BL_ERR;
-    perm = labels->data;
+    int64_t *perm = labels->data; /* the permutation, then (below) the partners' labels in place */
     for (int64_t i = 0; i < B; i++) perm[i] = i;
     bl_rng_shuffle(rng, perm, B);
     double l = bl_rng_beta(rng, alpha, alpha);
