@@ -24,6 +24,18 @@ class BasicBlock(nn.Module):
         return F.relu(out + short)
 
 
+def cifar_stages(blocks):
+    """The three 16/32/64-channel stages of the CIFAR ResNets, `blocks` basic blocks each."""
+    planes_in, layers = 16, []
+    for planes, stride, n in zip((16, 32, 64), (1, 2, 2), blocks):
+        stage = []
+        for b in range(n):
+            stage.append(BasicBlock(planes_in, planes, stride if b == 0 else 1))
+            planes_in = planes
+        layers.append(nn.Sequential(*stage))
+    return layers
+
+
 class CifarResNet(nn.Module):
     """The common CIFAR ResNet (option-A shortcuts), names conv1/bn1/layerN.i/linear."""
 
@@ -32,14 +44,7 @@ class CifarResNet(nn.Module):
         n = (depth - 2) // 6
         self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
-        planes_in, layers = 16, []
-        for planes, stride in ((16, 1), (32, 2), (64, 2)):
-            blocks = []
-            for b in range(n):
-                blocks.append(BasicBlock(planes_in, planes, stride if b == 0 else 1))
-                planes_in = planes
-            layers.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3 = layers
+        self.layer1, self.layer2, self.layer3 = cifar_stages((n, n, n))
         self.linear = nn.Linear(64, num_classes)
 
     def forward(self, x):
@@ -98,14 +103,7 @@ class BBNResNet32(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
-        planes_in, layers = 16, []
-        for planes, stride, n in ((16, 1, 5), (32, 2, 5), (64, 2, 4)):
-            blocks = []
-            for b in range(n):
-                blocks.append(BasicBlock(planes_in, planes, stride if b == 0 else 1))
-                planes_in = planes
-            layers.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3 = layers
+        self.layer1, self.layer2, self.layer3 = cifar_stages((5, 5, 4))
         self.cb_block = BasicBlock(64, 64, 1)
         self.rb_block = BasicBlock(64, 64, 1)
         self.fc = nn.Linear(128, num_classes)
