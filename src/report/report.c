@@ -661,7 +661,8 @@ static const char page_style[] =
     "th,td{padding:4px 10px;border-bottom:1px solid #e3e3e3;text-align:right}th{background:#f4f6f8}"
     "td:first-child,th:first-child{text-align:left}td.best{font-weight:700}"
     "#comparison td:nth-child(-n+3),#comparison th:nth-child(-n+3){text-align:left}"
-    "#recipes td:nth-child(-n+4),#recipes th:nth-child(-n+4){text-align:left}"
+    "#recipes td:nth-child(-n+2),#recipes th:nth-child(-n+2),#recipes td:nth-child(4),"
+    "#recipes th:nth-child(4){text-align:left}"
     ".grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:12px}"
     "figure{margin:0;border:1px solid #eee;border-radius:4px;padding:6px;background:#fff}"
     "figure svg{width:100%;height:auto;display:block}";
