@@ -7,7 +7,8 @@ Prints one row per run (test top-1, many / medium / few-shot accuracy, ECE, in %
 De-confound-TDE run giving two rows: its alpha = 0 evaluation (the "deconfound_alpha0" record of
 log.jsonl, the paper's De-confound row) and the TDE one with the alpha chosen on validation. Then
 the mean and sample standard deviation of each row kind over the runs that differ only in seeds
-(same dataset, method and epochs). Reads results.json, config.yaml and log.jsonl of each run.
+(same dataset, method and epochs), and De-confound-TDE's top-1 minus each other method's, seed by
+seed. Reads results.json, config.yaml and log.jsonl of each run.
 """
 import json
 import math
@@ -91,6 +92,31 @@ def main(run_dirs):
     for (dataset, epochs, method), members in groups.items():
         print(f"| {dataset} | {epochs} | {method} | {len(members)} | "
               + " | ".join(mean_std([m[k] for m in members]) for k in COLUMNS) + " |")
+    print_paired_differences(rows)
+
+
+def print_paired_differences(rows):
+    """Top-1 of De-confound-TDE minus each other method, seed by seed (same subset and training
+    seed), where both ran: the comparison a subset-to-subset spread cannot blur."""
+    by_key = {(r["dataset"], r["epochs"], r["seed"], kind(r)): r for r in rows}
+    lines = []
+    for (dataset, epochs, seed, method), tde in by_key.items():
+        if method != "De-confound-TDE":
+            continue
+        for (d2, e2, s2, other), r in by_key.items():
+            if (d2, e2, s2) == (dataset, epochs, seed) and other != method:
+                lines.append(((dataset, epochs, other), tde["top1"] - r["top1"]))
+    if not lines:
+        return
+    groups = {}
+    for key, diff in lines:
+        groups.setdefault(key, []).append(diff)
+    print()
+    print("| dataset | epochs | De-confound-TDE minus | seeds | top-1 difference |")
+    print("|---|---|---|---|---|")
+    for (dataset, epochs, other), diffs in groups.items():
+        each = ", ".join(f"{d:+.1f}" for d in diffs)
+        print(f"| {dataset} | {epochs} | {other} | {len(diffs)} | {mean_std(diffs)} ({each}) |")
 
 
 if __name__ == "__main__":
