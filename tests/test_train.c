@@ -300,6 +300,12 @@ static bl_tensor *nan_loss(bl_run *run, void *state, bl_tensor *x, bl_tensor *y)
     return run->step == 2 ? bl_mul_scalar(loss, NAN) : loss;
 }
 
+/* A loss that meets the labels without bl_run_label_loss (so it would ignore a mixed batch's
+ * second labels). */
+static bl_tensor *unmixed_loss(bl_run *run, void *state, bl_tensor *x, bl_tensor *y) {
+    return bl_cross_entropy(bl_model_forward(run->model, x), y, bl_ce_args_default());
+}
+
 static void test_errors(void) {
     char d[512];
     /* an unknown key names itself and the file */
@@ -323,6 +329,15 @@ static void test_errors(void) {
     CHECK(make_run(d, false, bad_method, 1) == NULL && strstr(bl_last_error(), "nonsense") &&
           strstr(bl_last_error(), "ce"));
     bl_clear_error();
+    /* augmentation values out of range name their key */
+    const char *bad_augment[][1] = {{"train.augment.color_jitter=[0.4, -1, 0]"}, {"train.augment.color_jitter=[0.4]"},
+                                    {"train.augment.mixup=-1"}, {"train.augment.mix_prob=2"}};
+    const char *augment_key[] = {"color_jitter", "color_jitter", "mixup", "mix_prob"};
+    for (int i = 0; i < 4; i++) {
+        CHECK(make_run(d, false, bad_augment[i], 1) == NULL && strstr(bl_last_error(), augment_key[i]), "%s",
+              bl_last_error());
+        bl_clear_error();
+    }
     /* missing data names where it looked */
     snprintf(d, sizeof d, "%s", scratch("missing"));
     c = bl_config_parse("dataset:\n  name: cifar10\n  root: /nonexistent/ballast-data\n", "cifar.yaml");
@@ -345,6 +360,20 @@ static void test_errors(void) {
     bl_clear_error();
     bl_run_free(run);
     CHECK(count_lines_with(d, "\"error\":") == 1);
+
+    /* a mixed batch whose loss bypassed bl_run_label_loss is refused, not trained on wrong targets */
+    snprintf(d, sizeof d, "%s", scratch("unmixed"));
+    const char *mixing[] = {"train.augment.mixup=1"};
+    run = make_run(d, false, mixing, 1);
+    CHECK(run);
+    if (!run) return;
+    broken = *run->method;
+    broken.loss = unmixed_loss;
+    run->method = &broken;
+    CHECK(bl_run_train(run) == BL_ERR && strstr(bl_last_error(), "does not take mixed batches"), "%s",
+          bl_last_error());
+    bl_clear_error();
+    bl_run_free(run);
 }
 
 /* Off a terminal the display prints plain lines: one per epoch with the loss, lr and throughput. */
