@@ -67,6 +67,37 @@ static inline bl_tensor *test_randn(bl_dtype dt, int ndim, const int64_t *shape,
     return t;
 }
 
+/* Deterministic contents that PyTorch can reproduce: t[i] = sin(0.37 i + phase). */
+static inline bl_tensor *test_pattern(bl_dtype dt, int ndim, const int64_t *shape, double phase) {
+    bl_tensor *t = bl_empty(dt, ndim, shape);
+    for (int64_t i = 0; t && i < bl_numel(t); i++) bl_set_flat(t, i, sin(0.37 * (double)i + phase));
+    return t;
+}
+
+/* sum_i t[i] cos(0.11 i): one number that changes when any element moves or changes. */
+static inline double test_checksum(const bl_tensor *t) {
+    double s = 0;
+    for (int64_t i = 0; t && i < bl_numel(t); i++) s += bl_get_flat(t, i) * cos(0.11 * (double)i);
+    return t ? s : NAN;
+}
+
+static inline bool test_shape_is(const bl_tensor *t, int ndim, const int64_t *shape) {
+    if (!t || t->ndim != ndim) return false;
+    for (int d = 0; d < ndim; d++)
+        if (t->shape[d] != shape[d]) return false;
+    return true;
+}
+
+/* The op returned NULL with a message naming `op` and mentioning `detail`. */
+static inline bool test_failed_with(const void *result, const char *op, const char *detail) {
+    return result == NULL && strstr(bl_last_error(), op) && strstr(bl_last_error(), detail);
+}
+#define CHECK_FAILS(result, op, detail)                                                            \
+    do {                                                                                           \
+        CHECK(test_failed_with(result, op, detail), "%s should fail mentioning '%s'", op, detail); \
+        bl_clear_error();                                                                          \
+    } while (0)
+
 /* A new tensor (in the arena) with t's shape, dtype and values. */
 static inline bl_tensor *test_copy(const bl_tensor *t) {
     bl_tensor *copy = bl_empty(t->dtype, t->ndim, t->shape);

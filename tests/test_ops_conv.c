@@ -9,24 +9,6 @@
 
 #include <omp.h>
 
-/* Deterministic contents that PyTorch can reproduce: t[i] = sin(0.37 i + phase). */
-static bl_tensor *pattern(bl_dtype dt, int ndim, const int64_t *shape, double phase) {
-    bl_tensor *t = bl_empty(dt, ndim, shape);
-    for (int64_t i = 0; t && i < bl_numel(t); i++) bl_set_flat(t, i, sin(0.37 * (double)i + phase));
-    return t;
-}
-
-/* sum_i t[i] cos(0.11 i): one number that changes when any element moves or changes. */
-static double checksum(const bl_tensor *t) {
-    double s = 0;
-    for (int64_t i = 0; t && i < bl_numel(t); i++) s += bl_get_flat(t, i) * cos(0.11 * (double)i);
-    return t ? s : NAN;
-}
-
-static bool shape_is(const bl_tensor *t, int n0, int n1, int n2, int n3) {
-    return t && t->ndim == 4 && t->shape[0] == n0 && t->shape[1] == n1 && t->shape[2] == n2 && t->shape[3] == n3;
-}
-
 static double dot(const bl_tensor *a, const bl_tensor *b) {
     double s = 0;
     for (int64_t i = 0; i < bl_numel(a); i++) s += bl_get_flat(a, i) * bl_get_flat(b, i);
@@ -297,28 +279,29 @@ static void test_conv_ops_match_torch(void) {
     for (int f = 0; f < 2; f++) {
         bl_dtype dt = f ? BL_F32 : BL_F64;
         double tol = f ? 1e-5 : 1e-12;
-        bl_tensor *x = pattern(dt, BL_SHAPE(2, 3, 7, 5), 0.1);
-        bl_tensor *y = bl_conv2d(x, pattern(dt, BL_SHAPE(6, 1, 3, 3), 0.2), pattern(dt, BL_SHAPE(6), 0.3),
+        bl_tensor *x = test_pattern(dt, BL_SHAPE(2, 3, 7, 5), 0.1);
+        bl_tensor *y = bl_conv2d(x, test_pattern(dt, BL_SHAPE(6, 1, 3, 3), 0.2), test_pattern(dt, BL_SHAPE(6), 0.3),
                                  conv_args(2, 2, 1, 1, 2, 2, 3));
-        CHECK(shape_is(y, 2, 6, 3, 2), "conv2d groups 3 gives %s", y ? bl_shape_str(y, (char[64]){0}, 64) : "NULL");
-        CHECK_CLOSE(checksum(y), 6.9067504862539, tol);
-        y = bl_conv2d(x, pattern(dt, BL_SHAPE(4, 3, 3, 3), 0.2), pattern(dt, BL_SHAPE(4), 0.3),
+        CHECK(test_shape_is(y, BL_SHAPE(2, 6, 3, 2)), "conv2d groups 3 gives %s",
+              y ? bl_shape_str(y, (char[64]){0}, 64) : "NULL");
+        CHECK_CLOSE(test_checksum(y), 6.9067504862539, tol);
+        y = bl_conv2d(x, test_pattern(dt, BL_SHAPE(4, 3, 3, 3), 0.2), test_pattern(dt, BL_SHAPE(4), 0.3),
                       conv_args(2, 1, 1, 2, 1, 2, 1));
-        CHECK(shape_is(y, 2, 4, 4, 5), "asymmetric conv2d");
-        CHECK_CLOSE(checksum(y), 11.3044953508242, tol);
+        CHECK(test_shape_is(y, BL_SHAPE(2, 4, 4, 5)), "asymmetric conv2d");
+        CHECK_CLOSE(test_checksum(y), 11.3044953508242, tol);
 
         bl_conv_args t = conv_args(2, 2, 1, 1, 1, 1, 2);
         t.output_pad_h = t.output_pad_w = 1;
-        y = bl_conv_transpose2d(pattern(dt, BL_SHAPE(2, 4, 4, 3), 0.1), pattern(dt, BL_SHAPE(4, 2, 3, 3), 0.2),
-                                pattern(dt, BL_SHAPE(4), 0.3), t);
-        CHECK(shape_is(y, 2, 4, 8, 6), "conv_transpose2d groups 2");
-        CHECK_CLOSE(checksum(y), -1.66934023692262, tol);
+        y = bl_conv_transpose2d(test_pattern(dt, BL_SHAPE(2, 4, 4, 3), 0.1), test_pattern(dt, BL_SHAPE(4, 2, 3, 3), 0.2),
+                                test_pattern(dt, BL_SHAPE(4), 0.3), t);
+        CHECK(test_shape_is(y, BL_SHAPE(2, 4, 8, 6)), "conv_transpose2d groups 2");
+        CHECK_CLOSE(test_checksum(y), -1.66934023692262, tol);
         t = conv_args(2, 3, 0, 1, 2, 1, 1);
         t.output_pad_h = 1, t.output_pad_w = 2;
-        y = bl_conv_transpose2d(pattern(dt, BL_SHAPE(1, 3, 3, 4), 0.1), pattern(dt, BL_SHAPE(3, 2, 2, 3), 0.2),
-                                pattern(dt, BL_SHAPE(2), 0.3), t);
-        CHECK(shape_is(y, 1, 2, 8, 12), "asymmetric conv_transpose2d");
-        CHECK_CLOSE(checksum(y), 25.6685465711121, tol);
+        y = bl_conv_transpose2d(test_pattern(dt, BL_SHAPE(1, 3, 3, 4), 0.1), test_pattern(dt, BL_SHAPE(3, 2, 2, 3), 0.2),
+                                test_pattern(dt, BL_SHAPE(2), 0.3), t);
+        CHECK(test_shape_is(y, BL_SHAPE(1, 2, 8, 12)), "asymmetric conv_transpose2d");
+        CHECK_CLOSE(test_checksum(y), 25.6685465711121, tol);
     }
 }
 

@@ -49,22 +49,7 @@ static bl_tensor *random_index_of(int ndim, const int64_t *shape, int64_t below,
 
 static bl_tensor *index_of(int64_t n, const int64_t *values) { return bl_from_data(BL_I64, 1, &n, values); }
 
-static bool shape_is(const bl_tensor *t, int ndim, const int64_t *shape) {
-    if (!t || t->ndim != ndim) return false;
-    for (int d = 0; d < ndim; d++)
-        if (t->shape[d] != shape[d]) return false;
-    return true;
-}
 
-static bool failed_with(const void *result, const char *op, const char *detail) {
-    return result == NULL && strstr(bl_last_error(), op) && strstr(bl_last_error(), detail);
-}
-/* The op returned NULL with a message naming `op` and mentioning `detail`. */
-#define CHECK_FAILS(result, op, detail)                                                        \
-    do {                                                                                       \
-        CHECK(failed_with(result, op, detail), "%s should fail mentioning '%s'", op, detail);  \
-        bl_clear_error();                                                                      \
-    } while (0)
 
 static double tolerance(bl_dtype dt) { return dt == BL_F32 ? 1e-5 : 1e-12; }
 
@@ -74,7 +59,7 @@ static bl_tensor *square(bl_tensor *t) { return bl_mul(t, t); }
 
 static void check_gather(bl_tensor *a, int dim, int wrapped, bl_tensor *index) {
     bl_tensor *out = bl_gather(a, dim, index);
-    CHECK(shape_is(out, index->ndim, index->shape), "gather along dim %d", dim);
+    CHECK(test_shape_is(out, index->ndim, index->shape), "gather along dim %d", dim);
     if (!out) return;
     int bad = 0;
     int64_t idx[BL_MAX_DIMS];
@@ -118,7 +103,7 @@ static void test_gather_errors(void) {
 
 static void check_scatter_add(bl_tensor *a, int dim, int wrapped, bl_tensor *index, bl_tensor *src) {
     bl_tensor *out = bl_scatter_add(a, dim, index, src);
-    CHECK(shape_is(out, a->ndim, a->shape), "scatter_add along dim %d", dim);
+    CHECK(test_shape_is(out, a->ndim, a->shape), "scatter_add along dim %d", dim);
     if (!out) return;
     double *want = bl_arena_alloc((size_t)bl_numel(a) * sizeof *want);
     for (int64_t f = 0; f < bl_numel(a); f++) want[f] = bl_get_flat(a, f);
@@ -162,7 +147,7 @@ static void check_index_select(bl_tensor *a, int dim, int wrapped, bl_tensor *in
     int64_t shape[BL_MAX_DIMS];
     memcpy(shape, a->shape, sizeof shape);
     shape[wrapped] = bl_numel(index);
-    CHECK(shape_is(out, a->ndim, shape), "index_select along dim %d", dim);
+    CHECK(test_shape_is(out, a->ndim, shape), "index_select along dim %d", dim);
     if (!out) return;
     int bad = 0;
     int64_t idx[BL_MAX_DIMS];
@@ -262,7 +247,7 @@ static void check_best(bl_tensor *a, int dim, int wrapped, int64_t k, bool large
     int64_t shape[BL_MAX_DIMS];
     memcpy(shape, a->shape, sizeof shape);
     shape[wrapped] = k;
-    CHECK(shape_is(values, a->ndim, shape) && shape_is(indices, a->ndim, shape) && indices->dtype == BL_I64,
+    CHECK(test_shape_is(values, a->ndim, shape) && test_shape_is(indices, a->ndim, shape) && indices->dtype == BL_I64,
           "top %lld along dim %d", (long long)k, dim);
     if (!values || !indices) return;
     int64_t n = a->shape[wrapped], idx[BL_MAX_DIMS], other[BL_MAX_DIMS];
@@ -373,7 +358,7 @@ static void test_one_hot(void) {
     bl_tensor *labels = bl_transpose(bl_from_data(BL_I64, BL_SHAPE(3, 2), (int64_t[]){4, 0, 2, 2, 1, 3}), 0, 1);
     for (int t = 0; t < 2; t++) {
         bl_tensor *out = bl_one_hot(labels, 5, float_types[t]);
-        CHECK(shape_is(out, BL_SHAPE(2, 3, 5)) && out->dtype == float_types[t], "one_hot shape and dtype");
+        CHECK(test_shape_is(out, BL_SHAPE(2, 3, 5)) && out->dtype == float_types[t], "one_hot shape and dtype");
         if (!out) continue;
         int bad = 0;
         for (int64_t f = 0; f < 30; f++) bad += bl_get_flat(out, f) != (bl_get_flat(labels, f / 5) == f % 5);

@@ -30,22 +30,7 @@ static bl_tensor *randn_strided(bl_dtype dt, int ndim, const int64_t *shape, uin
     return bl_transpose(test_randn(dt, ndim, swapped, seed), 0, 1);
 }
 
-static bool shape_is(const bl_tensor *t, int ndim, const int64_t *shape) {
-    if (!t || t->ndim != ndim) return false;
-    for (int d = 0; d < ndim; d++)
-        if (t->shape[d] != shape[d]) return false;
-    return true;
-}
 
-/* The op failed: it returned NULL with a message naming `op` and mentioning `detail`. */
-static bool failed_with(const void *result, const char *op, const char *detail) {
-    return result == NULL && strstr(bl_last_error(), op) && strstr(bl_last_error(), detail);
-}
-#define CHECK_FAILS(result, op, detail)                                                        \
-    do {                                                                                       \
-        CHECK(failed_with(result, op, detail), "%s should fail mentioning '%s'", op, detail);  \
-        bl_clear_error();                                                                      \
-    } while (0)
 
 static bl_tensor *square(bl_tensor *t) { return bl_mul(t, t); }
 
@@ -66,7 +51,7 @@ static void check_concat(int n, bl_tensor *const *ts, int dim, int wrapped) {
     memcpy(shape, ts[0]->shape, sizeof shape);
     shape[wrapped] = 0;
     for (int i = 0; i < n; i++) shape[wrapped] += ts[i]->shape[wrapped];
-    CHECK(shape_is(out, ts[0]->ndim, shape), "concat along dim %d", dim);
+    CHECK(test_shape_is(out, ts[0]->ndim, shape), "concat along dim %d", dim);
     if (!out) return;
     CHECK(out->dtype == ts[0]->dtype, "concat changed the dtype");
     int bad = 0;
@@ -128,7 +113,7 @@ static void check_stack(int n, bl_tensor *const *ts, int dim, int wrapped) {
     bl_tensor *out = bl_stack(n, ts, dim);
     int64_t shape[BL_MAX_DIMS];
     for (int k = 0, j = 0; k <= ts[0]->ndim; k++) shape[k] = k == wrapped ? n : ts[0]->shape[j++];
-    CHECK(shape_is(out, ts[0]->ndim + 1, shape), "stack along dim %d", dim);
+    CHECK(test_shape_is(out, ts[0]->ndim + 1, shape), "stack along dim %d", dim);
     if (!out) return;
     int bad = 0;
     int64_t idx[BL_MAX_DIMS], inner[BL_MAX_DIMS];
@@ -176,8 +161,8 @@ static void test_split_gives_views(void) {
     bl_tensor *pieces[3];
     CHECK(bl_split(a, -1, 3, (int64_t[]){2, 0, 5}, pieces) == BL_OK, "split [4, 7] into 2, 0, 5");
     if (!pieces[0] || !pieces[1] || !pieces[2]) return;
-    CHECK(shape_is(pieces[0], BL_SHAPE(4, 2)) && shape_is(pieces[1], BL_SHAPE(4, 0)) &&
-          shape_is(pieces[2], BL_SHAPE(4, 5)), "piece shapes");
+    CHECK(test_shape_is(pieces[0], BL_SHAPE(4, 2)) && test_shape_is(pieces[1], BL_SHAPE(4, 0)) &&
+          test_shape_is(pieces[2], BL_SHAPE(4, 5)), "piece shapes");
     CHECK(pieces[0]->data == a->data && pieces[2]->data == (double *)a->data + 2, "pieces must view a's memory");
     int bad = 0;
     for (int64_t i = 0; i < 4; i++)
@@ -191,7 +176,7 @@ static void test_split_gives_views(void) {
     bl_tensor *rows[2];
     CHECK(bl_split(randn_strided(BL_F32, BL_SHAPE(5, 3), 2), 0, 2, (int64_t[]){1, 4}, rows) == BL_OK,
           "split of a strided tensor");
-    CHECK(shape_is(rows[0], BL_SHAPE(1, 3)) && shape_is(rows[1], BL_SHAPE(4, 3)), "row piece shapes");
+    CHECK(test_shape_is(rows[0], BL_SHAPE(1, 3)) && test_shape_is(rows[1], BL_SHAPE(4, 3)), "row piece shapes");
 }
 
 static void test_split_errors(void) {
@@ -219,7 +204,7 @@ static void check_pad(bl_tensor *a, int n_pads, const int64_t *pads, double valu
         left[d] = pads[2 * k];
         shape[d] += pads[2 * k] + pads[2 * k + 1];
     }
-    CHECK(shape_is(out, a->ndim, shape), "pad of %d values", n_pads);
+    CHECK(test_shape_is(out, a->ndim, shape), "pad of %d values", n_pads);
     if (!out) return;
     int bad = 0;
     int64_t idx[BL_MAX_DIMS];

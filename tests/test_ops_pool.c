@@ -3,24 +3,6 @@
  * of max pooling, strided inputs, and gradient checks of first and second order. */
 #include "test.h"
 
-/* Deterministic contents that PyTorch can reproduce: t[i] = sin(0.37 i + phase). */
-static bl_tensor *pattern(bl_dtype dt, int ndim, const int64_t *shape, double phase) {
-    bl_tensor *t = bl_empty(dt, ndim, shape);
-    for (int64_t i = 0; t && i < bl_numel(t); i++) bl_set_flat(t, i, sin(0.37 * (double)i + phase));
-    return t;
-}
-
-/* sum_i t[i] cos(0.11 i): one number that changes when any element moves or changes. */
-static double checksum(const bl_tensor *t) {
-    double s = 0;
-    for (int64_t i = 0; t && i < bl_numel(t); i++) s += bl_get_flat(t, i) * cos(0.11 * (double)i);
-    return t ? s : NAN;
-}
-
-static bool shape_is(const bl_tensor *t, int64_t n0, int64_t n1, int64_t n2, int64_t n3) {
-    return t && t->ndim == 4 && t->shape[0] == n0 && t->shape[1] == n1 && t->shape[2] == n2 && t->shape[3] == n3;
-}
-
 /* "[2, 3, 4, 5]", in one of a few rotating buffers. */
 static const char *shape_text(const bl_tensor *t) {
     static char buffers[4][64];
@@ -173,7 +155,7 @@ static void test_resize_matches_naive(void) {
 
 /* Golden values: torch.nn.functional on the same sin patterns in float64, reduced by checksum. */
 static void test_match_torch(void) {
-    bl_tensor *p = pattern(BL_F64, BL_SHAPE(2, 3, 7, 6), 0.4), *u = pattern(BL_F64, BL_SHAPE(2, 3, 4, 5), 0.5);
+    bl_tensor *p = test_pattern(BL_F64, BL_SHAPE(2, 3, 7, 6), 0.4), *u = test_pattern(BL_F64, BL_SHAPE(2, 3, 4, 5), 0.5);
     struct {
         const char *name;
         bl_tensor *y;
@@ -194,10 +176,10 @@ static void test_match_torch(void) {
         {"bilinear to 1x3, align_corners", bl_upsample_bilinear2d(u, 1, 3, true), 1, 3, 1.68693213632397},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        CHECK(shape_is(cases[i].y, 2, 3, cases[i].oh, cases[i].ow), "%s: shape %s", cases[i].name,
+        CHECK(test_shape_is(cases[i].y, BL_SHAPE(2, 3, cases[i].oh, cases[i].ow)), "%s: shape %s", cases[i].name,
               shape_text(cases[i].y));
-        CHECK(fabs(checksum(cases[i].y) - cases[i].want) < 1e-11, "%s: checksum %.15g, torch %.15g", cases[i].name,
-              checksum(cases[i].y), cases[i].want);
+        CHECK(fabs(test_checksum(cases[i].y) - cases[i].want) < 1e-11, "%s: checksum %.15g, torch %.15g", cases[i].name,
+              test_checksum(cases[i].y), cases[i].want);
     }
 }
 
