@@ -113,6 +113,25 @@ static channel_grad batch_norm_channel_grad(const bl_batch_norm_args *a, double 
     return cg;
 }
 
+/* One contiguous stretch of n values of the forward, with the per-channel constants spread over
+ * it: y = act((x - mean) * scale + offset + residual), act zeroing values below `floor`. */
+static void normalize_stretch(int64_t n, const float *x, const float *residual, const float *mean, const float *scale,
+                              const float *offset, float floor, float *y) {
+    if (residual) {
+#pragma omp simd
+        for (int64_t j = 0; j < n; j++) {
+            float v = (x[j] - mean[j]) * scale[j] + offset[j] + residual[j];
+            y[j] = v < floor ? 0.0f : v;
+        }
+    } else {
+#pragma omp simd
+        for (int64_t j = 0; j < n; j++) {
+            float v = (x[j] - mean[j]) * scale[j] + offset[j];
+            y[j] = v < floor ? 0.0f : v;
+        }
+    }
+}
+
 /* One contiguous stretch of n values of the backward, with the per-channel constants spread over
  * it: dresidual = gz (when asked), dx = k * (gz - mean_g - (x - mean) * coef) (when asked), gz the
  * gradient g masked by the ReLU's output when there is one. */
@@ -297,21 +316,8 @@ static void bn_act_fwd_columns(const cpu_bn_act_args *a, const float *x, const f
         const float floor = act_floor(a->relu);
         for (int64_t n = 0; n < N; n++) {
             const int64_t at = c0 * S + n * C * S;
-            const float *xr = x + at, *rr = residual ? residual + at : NULL;
-            float *yr = y + at;
-            if (rr) {
-#pragma omp simd
-                for (int64_t j = 0; j < cols; j++) {
-                    float v = (xr[j] - col_mean[j]) * col_scale[j] + col_offset[j] + rr[j];
-                    yr[j] = v < floor ? 0.0f : v;
-                }
-            } else {
-#pragma omp simd
-                for (int64_t j = 0; j < cols; j++) {
-                    float v = (xr[j] - col_mean[j]) * col_scale[j] + col_offset[j];
-                    yr[j] = v < floor ? 0.0f : v;
-                }
-            }
+            normalize_stretch(cols, x + at, residual ? residual + at : NULL, col_mean, col_scale, col_offset, floor,
+                              y + at);
         }
     }
 }
@@ -497,23 +503,9 @@ static void normalize_rows(const cpu_bn_act_args *a, const rows_scratch *rs, int
     const int64_t C = rs->C, per_run = rs->width / C;
     const float floor = act_floor(a->relu);
     for (int64_t r = r0; r < r1; r += per_run) {
-        const int64_t n = min_i64(per_run, r1 - r) * C, at = r * C;
-        const float *xr = x + at;
-        float *yr = y + at;
-        if (residual) {
-            const float *rr = residual + at;
-#pragma omp simd
-            for (int64_t j = 0; j < n; j++) {
-                float v = (xr[j] - mean_run[j]) * scale_run[j] + offset_run[j] + rr[j];
-                yr[j] = v < floor ? 0.0f : v;
-            }
-        } else {
-#pragma omp simd
-            for (int64_t j = 0; j < n; j++) {
-                float v = (xr[j] - mean_run[j]) * scale_run[j] + offset_run[j];
-                yr[j] = v < floor ? 0.0f : v;
-            }
-        }
+        const int64_t at = r * C;
+        normalize_stretch(min_i64(per_run, r1 - r) * C, x + at, residual ? residual + at : NULL, mean_run, scale_run,
+                          offset_run, floor, y + at);
     }
 }
 
