@@ -406,14 +406,19 @@ static double test_top1(const bl_run *run) {
     return top1 ? atof(top1 + strlen("\"top1\":")) : NAN;
 }
 
+/* `options` for the decoupled recipes (cRT, LWS), whose second stage would otherwise be long; ""
+ * for the others. */
+static const char *short_second_stage(const char *method, const char *options) {
+    return strcmp(method, "crt") == 0 || strcmp(method, "lws") == 0 ? options : "";
+}
+
 /* Every registered method: 6 epochs on the small problem; the mean loss of the last main epoch is
  * clearly below the first's, and the final evaluation beats chance (0.25). */
 static void test_smoke_every_method(void) {
     const char *const *names = bl_method_names();
     int count = 0;
     for (const char *const *name = names; *name; name++, count++) {
-        /* Short second stages keep the decoupled recipes' runs small. */
-        const char *options = strcmp(*name, "crt") == 0 || strcmp(*name, "lws") == 0 ? "stage2_epochs: 2" : "";
+        const char *options = short_second_stage(*name, "stage2_epochs: 2");
         bl_run *run = smoke_run(*name, options, 6, *name);
         CHECK(run != NULL, "%s", *name);
         if (!run) continue;
@@ -581,7 +586,7 @@ static void test_mixed_losses(void) {
         bl_run_free(run);
     }
     for (const char *const *name = bl_method_names(); *name; name++) {
-        const char *options = strcmp(*name, "crt") == 0 || strcmp(*name, "lws") == 0 ? "stage2_epochs: 1" : "";
+        const char *options = short_second_stage(*name, "stage2_epochs: 1");
         char tag[64];
         snprintf(tag, sizeof tag, "mixing_%s", *name);
         bl_run *run = smoke_run(*name, options, 2, tag);
@@ -708,6 +713,20 @@ static void test_deconfound_tde_run(void) {
         for (int64_t k = 0; k < 4; k++) correct += plain.confusion[k * 4 + k];
         CHECK_CLOSE((double)correct / (double)n_test, logged, 1e-6);
         bl_metrics_free(&plain);
+        bl_run_free(reopened);
+    }
+    /* and any other alpha: the evaluation logits are the TDE formula at the overriding value */
+    const char *alpha_2_5[] = {"method.alpha=2.5"};
+    reopened = bl_run_open(dir, alpha_2_5, 1);
+    CHECK(reopened != NULL);
+    if (reopened) {
+        bl_model *rm = reopened->model;
+        BL_NO_GRAD {
+            got = reopened->method->logits(reopened, reopened->method_state, x);
+            want = bl_lt_tde_logits(bl_model_features(rm, x), rm->classifier.weight,
+                                    bl_model_param(rm, "tde.head_direction"), 2, 16.0, 1.0 / 32, 2.5);
+        }
+        CHECK(got && want && test_max_rel_diff(got, want) < 1e-6);
         bl_run_free(reopened);
     }
     CHECK(bl_run_open(dir, trained_with, 1) == NULL && strstr(bl_last_error(), "train.lr=0.1"), "%s", bl_last_error());
