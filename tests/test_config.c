@@ -1,10 +1,12 @@
 /* Run configs: YAML parsing into dotted keys, option tables (defaults, types, unknown keys),
  * command-line overrides, error messages that name the key, file and line, the resolved config
- * written back, and the learning-rate schedules a config describes. */
+ * written back, inheritance from base files (_base_), and the learning-rate schedules a config
+ * describes. */
 #include "ballast/train.h"
 
 #include "test.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 static const bl_option table[] = {
@@ -233,6 +235,223 @@ static void test_write_and_reload(void) {
     bl_config_free(c);
 }
 
+/* ---- inheritance (_base_) ------------------------------------------------------------------- */
+
+static char base_root[] = "/tmp/ballast_config_inherit_XXXXXX";
+
+/* Writes `text` to base_root/name (its folder made first) and returns the path in a static slot. */
+static const char *write_config(const char *name, const char *text) {
+    static char paths[8][600];
+    static int next;
+    char *path = paths[next++ % 8];
+    snprintf(path, sizeof paths[0], "%s/%s", base_root, name);
+    char *slash = strrchr(path, '/');
+    *slash = '\0';
+    mkdir(path, 0700);
+    *slash = '/';
+    FILE *f = fopen(path, "w");
+    CHECK(f, "%s", path);
+    if (f) {
+        fputs(text, f);
+        fclose(f);
+    }
+    return path;
+}
+
+static char *read_whole(const char *path) {
+    static char text[8192];
+    text[0] = '\0';
+    FILE *f = fopen(path, "r");
+    if (f) {
+        size_t n = fread(text, 1, sizeof text - 1, f);
+        text[n] = '\0';
+        fclose(f);
+    }
+    return text;
+}
+
+/* A loaded config with both tables declared (NULL when loading or declaring fails). */
+static bl_config *load_declared(const char *path) {
+    bl_config *c = bl_config_load(path);
+    if (!c) return NULL;
+    if (bl_config_declare(c, NULL, table, N_TABLE) != BL_OK || bl_config_declare(c, "method.", method_table, 2) != BL_OK) {
+        bl_config_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+static const char *root_text = "# the shared protocol\n"
+                               "dataset:\n"
+                               "  name: cifar10\n"
+                               "  imbalance: 100\n"
+                               "train:\n"
+                               "  epochs: 200\n"
+                               "  lr: 0.1\n"
+                               "  milestones: [120, 160]\n"
+                               "  augment:\n"
+                               "    crop_pad: 4\n"
+                               "    hflip: yes\n"
+                               "method:\n"
+                               "  name: ce\n";
+
+/* A child two levels below the root: scalars, a list and a nested map overridden key by key, the
+ * rest inherited, paths resolved from each including file's own folder. */
+static void test_base_two_levels(void) {
+    write_config("base/root.yaml", root_text);
+    write_config("base/mid.yaml", "_base_: root.yaml\ntrain:\n  lr: 0.2\n  augment:\n    hflip: no\n");
+    const char *child = write_config("exp/child.yaml", "_base_: ../base/mid.yaml   # the recipe's protocol\n"
+                                                       "dataset:\n  imbalance: 10\n"
+                                                       "train:\n  milestones: [5, 7]\n"
+                                                       "method:\n  name: tde\n  alpha: 2.5\n");
+    bl_config *c = load_declared(child);
+    CHECK(c);
+    if (!c) return;
+    CHECK(bl_config_check_unknown(c) == BL_OK);      /* _base_ is not a key of the config */
+    CHECK(bl_config_text(c, "_base_") == NULL);
+    CHECK(strcmp(bl_config_source(c), child) == 0, "%s", bl_config_source(c));
+    CHECK_CLOSE(bl_config_float(c, "dataset.imbalance"), 10, 0);  /* the child's scalar */
+    CHECK_CLOSE(bl_config_float(c, "train.lr"), 0.2, 0);          /* the middle file's */
+    CHECK(strcmp(bl_config_string(c, "dataset.name"), "cifar10") == 0);
+    CHECK(bl_config_int(c, "train.epochs") == 200);
+    double ms[4] = {0};
+    CHECK(bl_config_list(c, "train.milestones", ms, 4) == 2 && ms[0] == 5 && ms[1] == 7);  /* a list replaced whole */
+    /* the middle file's augment map changed hflip only: crop_pad stays the root's */
+    CHECK(bl_config_int(c, "train.augment.crop_pad") == 4);
+    CHECK(bl_config_bool(c, "train.augment.hflip") == false);
+    CHECK(strcmp(bl_config_string(c, "method.name"), "tde") == 0);
+    CHECK_CLOSE(bl_config_float(c, "method.alpha"), 2.5, 0);
+    CHECK(bl_config_int(c, "method.heads") == 2);  /* a default */
+    bl_config_free(c);
+
+    /* a null resets an inherited key to its table's default; a scalar replaces a map there */
+    child = write_config("exp/reset.yaml", "_base_: ../base/root.yaml\ntrain:\n  epochs:\n  augment: 3\n");
+    c = bl_config_load(child);
+    CHECK(c && bl_config_text(c, "train.augment") && strcmp(bl_config_text(c, "train.augment"), "3") == 0);
+    CHECK(c && !bl_config_has(c, "train.augment.crop_pad") && !bl_config_has(c, "train.augment.hflip"));
+    CHECK(c && !bl_config_has(c, "train.epochs") && bl_config_has(c, "train.lr"));
+    CHECK(c && bl_config_declare(c, NULL, table, N_TABLE) == BL_OK && bl_config_int(c, "train.epochs") == 200);
+    bl_config_free(c);
+}
+
+/* Bases in a list merge in order, the later over the earlier; a file reached twice (a diamond) is
+ * no cycle. */
+static void test_base_list(void) {
+    write_config("list/root.yaml", root_text);
+    write_config("list/fast.yaml", "_base_: root.yaml\ntrain:\n  epochs: 3\n  lr: 0.3\n");
+    write_config("list/flip.yaml", "_base_: [root.yaml]\ntrain:\n  lr: 0.4\n  augment:\n    hflip: off\n");
+    const char *flow = write_config("list/flow.yaml", "_base_: [fast.yaml, flip.yaml]\n");
+    const char *block = write_config("list/block.yaml", "_base_:\n  - flip.yaml\n  - fast.yaml\ntrain:\n  epochs: 4\n");
+    bl_config *c = load_declared(flow);
+    CHECK(c && bl_config_check_unknown(c) == BL_OK);
+    /* each base comes resolved, its own bases included: flip.yaml's root.yaml sets train.epochs
+     * (200) again over fast.yaml's 3 */
+    CHECK(c && bl_config_int(c, "train.epochs") == 200, "%lld", c ? (long long)bl_config_int(c, "train.epochs") : -1);
+    CHECK(c && bl_config_float(c, "train.lr") == 0.4);
+    CHECK(c && bl_config_bool(c, "train.augment.hflip") == false && bl_config_int(c, "train.augment.crop_pad") == 4);
+    bl_config_free(c);
+    c = load_declared(block);
+    CHECK(c && bl_config_check_unknown(c) == BL_OK);
+    CHECK(c && bl_config_int(c, "train.epochs") == 4 && bl_config_float(c, "train.lr") == 0.3);
+    CHECK(c && bl_config_bool(c, "train.augment.hflip") == true);  /* fast.yaml's root.yaml, merged last */
+    bl_config_free(c);
+}
+
+static void test_base_errors(void) {
+    /* a cycle names the chain of files */
+    const char *x = write_config("cycle/x.yaml", "_base_: y.yaml\ntrain:\n  lr: 0.1\n");
+    write_config("cycle/y.yaml", "train:\n  epochs: 2\n_base_: x.yaml\n");
+    CHECK(bl_config_load(x) == NULL);
+    const char *e = bl_last_error();
+    CHECK(strstr(e, "cycle") && strstr(e, "x.yaml -> ") && strstr(e, "y.yaml -> ") && strstr(e, "y.yaml:3"), "%s", e);
+    bl_clear_error();
+    const char *self = write_config("cycle/self.yaml", "_base_: ./self.yaml\n");
+    CHECK(bl_config_load(self) == NULL && strstr(bl_last_error(), "cycle"), "%s", bl_last_error());
+    bl_clear_error();
+
+    /* a missing base names the including file, its line and the missing path */
+    const char *missing = write_config("missing/child.yaml", "train:\n  lr: 0.1\n_base_:\n  - ../nowhere/base.yaml\n");
+    CHECK(bl_config_load(missing) == NULL);
+    e = bl_last_error();
+    CHECK(strstr(e, "missing/child.yaml:4") && strstr(e, "../nowhere/base.yaml"), "%s", e);
+    bl_clear_error();
+
+    /* errors in a base name the base's file and line: syntax when loading, types and unknown keys
+     * when declaring */
+    write_config("bad/syntax.yaml", "dataset:\n  name: a\n   bad: indentation\n");
+    const char *child = write_config("bad/child.yaml", "_base_: syntax.yaml\n");
+    CHECK(bl_config_load(child) == NULL && strstr(bl_last_error(), "bad/syntax.yaml:3"), "%s", bl_last_error());
+    bl_clear_error();
+    write_config("bad/types.yaml", "dataset:\n  name: a\ntrain:\n  lr: fast\n  lr_decay: 0.1\n");
+    child = write_config("bad/child2.yaml", "_base_: types.yaml\ntrain:\n  epochs: 3\n");
+    bl_config *c = bl_config_load(child);
+    CHECK(c && bl_config_declare(c, NULL, table, N_TABLE) == BL_ERR && strstr(bl_last_error(), "bad/types.yaml:4") &&
+              strstr(bl_last_error(), "train.lr"),
+          "%s", bl_last_error());
+    bl_clear_error();
+    CHECK(c && bl_config_set(c, "train.lr=0.1") == BL_OK && bl_config_declare(c, "method.", method_table, 2) == BL_OK);
+    CHECK(c && bl_config_check_unknown(c) == BL_ERR && strstr(bl_last_error(), "bad/types.yaml:5") &&
+              strstr(bl_last_error(), "train.lr_decay"),
+          "%s", bl_last_error());
+    bl_clear_error();
+    bl_config_free(c);
+
+    /* malformed _base_ values */
+    const char *cases[][2] = {
+        {"bad/nested.yaml", "train:\n  _base_: x.yaml\n"},
+        {"bad/null.yaml", "_base_:\n"},
+        {"bad/map.yaml", "_base_:\n  a: b\n"},
+        {"bad/twice.yaml", "_base_: a.yaml\n_base_: b.yaml\n"},
+        {"bad/item.yaml", "_base_: [a.yaml, [b.yaml]]\n"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *path = write_config(cases[i][0], cases[i][1]);
+        CHECK(bl_config_load(path) == NULL && strstr(bl_last_error(), "_base_") && strstr(bl_last_error(), cases[i][0]),
+              "%s: %s", cases[i][0], bl_last_error());
+        bl_clear_error();
+    }
+    /* text in memory has no folder to resolve a base against */
+    CHECK(bl_config_parse("_base_: root.yaml\n", "memory.yaml") == NULL && strstr(bl_last_error(), "memory.yaml:1") &&
+              strstr(bl_last_error(), "bl_config_load"),
+          "%s", bl_last_error());
+    bl_clear_error();
+}
+
+/* The resolved config a run writes holds the inherited keys (and no _base_), so the run directory
+ * stands alone: reloaded, it is the same config. */
+static void test_base_written_resolved(void) {
+    write_config("write/base.yaml", root_text);
+    const char *child = write_config("write/exp.yaml", "_base_: base.yaml\ntrain:\n  lr: 0.05\n");
+    bl_config *c = load_declared(child);
+    CHECK(c);
+    if (!c) return;
+    char out[700];
+    snprintf(out, sizeof out, "%s/run_config.yaml", base_root);
+    CHECK(bl_config_write(c, out) == BL_OK);
+    const char *text = read_whole(out);
+    CHECK(strstr(text, "  name: \"cifar10\"\n") && strstr(text, "  epochs: 200\n") && strstr(text, "  lr: 0.05\n") &&
+              strstr(text, "  milestones: [120, 160]\n") && strstr(text, "    crop_pad: 4\n") && !strstr(text, "_base_:"),
+          "%s", text);
+    CHECK(strstr(text, "exp.yaml"), "%s", text);  /* the header names the file the user gave */
+    /* nothing of it still comes from the base: the base may change or go */
+    snprintf(out + strlen(base_root), sizeof out - strlen(base_root), "/write/base.yaml");
+    CHECK(unlink(out) == 0);
+    snprintf(out, sizeof out, "%s/run_config.yaml", base_root);
+    bl_config *back = load_declared(out);
+    CHECK(back && bl_config_check_unknown(back) == BL_OK);
+    CHECK(back && bl_config_first_difference(c, back) == NULL, "%s", back ? bl_config_first_difference(c, back) : "");
+    bl_config_free(back);
+    bl_config_free(c);
+}
+
+static void test_base_setup(void) { CHECK(mkdtemp(base_root) != NULL); }
+
+static void test_base_cleanup(void) {
+    char command[700];
+    snprintf(command, sizeof command, "rm -rf '%s'", base_root);
+    CHECK(system(command) == 0);
+}
+
 /* The trainer's table accepts the papers' settings, and the BBN warm-up schedule of the long-tailed
  * CIFAR protocol gives the learning rates listed in the spec's table (scheduler stepped at the start
  * of each epoch, decay 0.01 per milestone). */
@@ -292,4 +511,5 @@ static void test_schedules_match_spec(void) {
 
 TEST_MAIN(TEST(test_nested_maps_lists_and_defaults), TEST(test_overrides), TEST(test_unknown_key_names_key_file_and_line),
           TEST(test_wrong_types), TEST(test_bad_yaml_names_line), TEST(test_write_and_reload),
-          TEST(test_schedules_match_spec))
+          TEST(test_schedules_match_spec), TEST(test_base_setup), TEST(test_base_two_levels), TEST(test_base_list),
+          TEST(test_base_errors), TEST(test_base_written_resolved), TEST(test_base_cleanup))

@@ -2,9 +2,25 @@
  * ("train.augment.crop_pad"), checked against option tables, overridden from the command line,
  * and written back as the resolved config of a run.
  *
- * Values are kept as the text the user wrote, with the line it came from, and are only parsed when
- * a table declares their type: the file can be read before the method (whose table depends on
- * method.name) is known, and every message can point at the line of the offending key. */
+ * Values are kept as the text the user wrote, with the file and line it came from, and are only
+ * parsed when a table declares their type: the file can be read before the method (whose table
+ * depends on method.name) is known, and every message can point at the line of the offending key.
+ *
+ * Inheritance (as in mmcv's configs): a top-level key `_base_: path`, or `_base_: [a, b]`, names
+ * base files, relative to the directory of the file that names them (absolute paths as they are).
+ * The config of a file is its bases' configs merged in order, then its own keys on top; bases may
+ * have bases of their own. Merging goes by dotted key, so a file that sets `train.lr` replaces
+ * that key only and a map in a child adds to the base's map instead of deleting its other keys; a
+ * value replaces whatever was at its place, so a scalar replaces a whole map of the base there and
+ * a map replaces a scalar, and a null (`lr:` with no value) resets a key to its table's default.
+ * Keys keep the order a reader expects: the base's first, in its order, then the child's new ones.
+ * `_base_` itself is not stored, so the resolved config (bl_config_write) is self-contained: every
+ * inherited key is written out, and a run directory never depends on the files it came from.
+ * bl_config_source() stays the file that was loaded; messages about a key name the file (base or
+ * child) and line that set it. A base that is missing is an error naming the including file, its
+ * line and the path; a cycle is an error naming the chain of files. bl_config_parse reads text
+ * from memory, which has no directory to resolve a base against, so it refuses `_base_` (write
+ * the text to a file and use bl_config_load). */
 #include "ballast/train.h"
 
 #include "core/internal.h"
@@ -26,7 +42,8 @@ typedef struct {
     bool has_value;       /* false for YAML null */
     bool is_list;
     bool quoted;          /* written as a quoted scalar: a string, never a number */
-    int line;             /* 1-based line in the file; 0 for overrides and defaults */
+    int line;             /* 1-based line in `file`; 0 for overrides and defaults */
+    const char *file;     /* the file that set it (a base's, or the config's own); NULL: source */
     bool from_override;
     bool declared;
     bl_opt_type type;
@@ -38,6 +55,8 @@ struct bl_config {
     config_entry *entries;
     int count, cap;
     int n_declared;
+    char **files;         /* names of the files read (the loaded one and its bases); entries point here */
+    int n_files;
 };
 
 static char *dup_string(const char *s) {
@@ -77,11 +96,13 @@ static int set_text(bl_config *c, config_entry *e, const char *text) {
     return BL_OK;
 }
 
-/* Where a key was set, for messages: "file:line" or "the command line". */
+/* Where a key was set, for messages: "file:line" (the base's file for an inherited key) or "the
+ * command line". */
 static const char *origin(const bl_config *c, const config_entry *e, char *buf, size_t len) {
+    const char *file = e->file ? e->file : c->source;
     if (e->from_override) snprintf(buf, len, "%s (override on the command line)", c->source);
-    else if (e->line > 0) snprintf(buf, len, "%s:%d", c->source, e->line);
-    else snprintf(buf, len, "%s", c->source);
+    else if (e->line > 0) snprintf(buf, len, "%s:%d", file, e->line);
+    else snprintf(buf, len, "%s", file);
     return buf;
 }
 
@@ -190,9 +211,15 @@ static int check_type(const bl_config *c, const config_entry *e) {
 
 typedef struct {
     bl_config *c;
+    const char *file;                 /* the file read, for messages and entries (lives as long as c) */
     yaml_parser_t parser;
     char path[CONFIG_MAX_DEPTH][128]; /* key components of the enclosing maps */
     int depth;
+    bool refuse_base;                 /* text from memory: no directory to resolve _base_ against */
+    bool seen_base;
+    char **bases;                     /* the _base_ paths, as written, */
+    int *base_lines;                  /* and the lines that name them */
+    int n_bases, base_line;
 } yaml_reader;
 
 static const char *event_name(yaml_event_type_t t) {
@@ -207,7 +234,7 @@ static const char *event_name(yaml_event_type_t t) {
 static int next_event(yaml_reader *r, yaml_event_t *ev) {
     if (!yaml_parser_parse(&r->parser, ev)) {
         const yaml_parser_t *p = &r->parser;
-        bl_set_error("%s:%zu: YAML syntax error: %s%s%s", r->c->source, p->problem_mark.line + 1,
+        bl_set_error("%s:%zu: YAML syntax error: %s%s%s", r->file, p->problem_mark.line + 1,
                      p->problem ? p->problem : "unreadable", p->context ? " " : "", p->context ? p->context : "");
         return BL_ERR;
     }
@@ -232,13 +259,14 @@ static int store_leaf(yaml_reader *r, const char *key, const char *text, bool ha
                       int line) {
     bl_config *c = r->c;
     config_entry *e = find_entry(c, key);
-    BL_CHECK_RC(!e, "%s:%d: key '%s' is set twice (first at line %d)", c->source, line, key, e ? e->line : 0);
+    BL_CHECK_RC(!e, "%s:%d: key '%s' is set twice (first at line %d)", r->file, line, key, e ? e->line : 0);
     e = add_entry(c, key);
     if (!e || set_text(c, e, text) != BL_OK) return BL_ERR;
     e->has_value = has_value;
     e->is_list = is_list;
     e->quoted = quoted;
     e->line = line;
+    e->file = r->file;
     return BL_OK;
 }
 
@@ -255,7 +283,7 @@ static int read_list(yaml_reader *r, const char *key, int line) {
             break;
         }
         if (ev.type != YAML_SCALAR_EVENT) {
-            bl_set_error("%s:%zu: key '%s': list items must be plain values, found %s", r->c->source,
+            bl_set_error("%s:%zu: key '%s': list items must be plain values, found %s", r->file,
                          ev.start_mark.line + 1, key, event_name(ev.type));
             yaml_event_delete(&ev);
             return BL_ERR;
@@ -264,10 +292,65 @@ static int read_list(yaml_reader *r, const char *key, int line) {
                               (const char *)ev.data.scalar.value);
         count++;
         yaml_event_delete(&ev);
-        BL_CHECK_RC(n + 2 < sizeof text, "%s:%d: key '%s': list too long", r->c->source, line, key);
+        BL_CHECK_RC(n + 2 < sizeof text, "%s:%d: key '%s': list too long", r->file, line, key);
     }
     strcat(text, "]");
     return store_leaf(r, key, text, true, true, false, line);
+}
+
+static int add_base(yaml_reader *r, const char *path, int line) {
+    BL_CHECK_RC(path[0], "%s:%d: _base_: an empty path", r->file, line);
+    char **b = realloc(r->bases, (size_t)(r->n_bases + 1) * sizeof *b);
+    BL_CHECK_RC(b, "config %s: out of memory", r->file);
+    r->bases = b;
+    int *l = realloc(r->base_lines, (size_t)(r->n_bases + 1) * sizeof *l);
+    BL_CHECK_RC(l, "config %s: out of memory", r->file);
+    r->base_lines = l;
+    BL_CHECK_RC((b[r->n_bases] = dup_string(path)), "config %s: out of memory", r->file);
+    l[r->n_bases++] = line;
+    return BL_OK;
+}
+
+/* The value of a top-level `_base_` key (just read, at `line`): a path or a list of paths. */
+static int read_base(yaml_reader *r, int line) {
+    BL_CHECK_RC(!r->refuse_base,
+                "%s:%d: _base_ names files relative to the config's own file, and text parsed from memory "
+                "has none: load the config from its file (bl_config_load)",
+                r->file, line);
+    BL_CHECK_RC(r->depth == 0, "%s:%d: _base_ is only allowed at the top level of a config", r->file, line);
+    BL_CHECK_RC(!r->seen_base, "%s:%d: key '_base_' is set twice (first at line %d)", r->file, line, r->base_line);
+    r->seen_base = true;
+    r->base_line = line;
+    yaml_event_t ev;
+    BL_TRY(next_event(r, &ev));
+    int rc = BL_OK;
+    if (ev.type == YAML_SCALAR_EVENT && !is_null_scalar(&ev)) {
+        rc = add_base(r, (const char *)ev.data.scalar.value, line);
+    } else if (ev.type == YAML_SEQUENCE_START_EVENT) {
+        for (;;) {
+            yaml_event_t item;
+            if ((rc = next_event(r, &item)) != BL_OK) break;
+            if (item.type == YAML_SEQUENCE_END_EVENT) {
+                yaml_event_delete(&item);
+                break;
+            }
+            if (item.type == YAML_SCALAR_EVENT && !is_null_scalar(&item)) {
+                rc = add_base(r, (const char *)item.data.scalar.value, (int)item.start_mark.line + 1);
+            } else {
+                bl_set_error("%s:%zu: _base_: list items must be file paths, found %s", r->file,
+                             item.start_mark.line + 1, item.type == YAML_SCALAR_EVENT ? "null" : event_name(item.type));
+                rc = BL_ERR;
+            }
+            yaml_event_delete(&item);
+            if (rc != BL_OK) break;
+        }
+    } else {
+        bl_set_error("%s:%d: _base_ must be a file path or a list of paths, found %s", r->file, line,
+                     ev.type == YAML_SCALAR_EVENT ? "null" : event_name(ev.type));
+        rc = BL_ERR;
+    }
+    yaml_event_delete(&ev);
+    return rc;
 }
 
 /* Reads the members of a map whose start event was just consumed. */
@@ -283,7 +366,7 @@ static int read_map(yaml_reader *r) {
         if (kev.type != YAML_SCALAR_EVENT || kev.data.scalar.length == 0 ||
             kev.data.scalar.length >= sizeof r->path[0] || strchr((const char *)kev.data.scalar.value, '.') ||
             strchr((const char *)kev.data.scalar.value, '=')) {
-            bl_set_error("%s:%d: keys must be plain names (no '.' or '='), found %s", r->c->source, line,
+            bl_set_error("%s:%d: keys must be plain names (no '.' or '='), found %s", r->file, line,
                          kev.type == YAML_SCALAR_EVENT ? (const char *)kev.data.scalar.value : event_name(kev.type));
             yaml_event_delete(&kev);
             return BL_ERR;
@@ -292,6 +375,10 @@ static int read_map(yaml_reader *r) {
         snprintf(name, sizeof name, "%s", (const char *)kev.data.scalar.value);
         yaml_event_delete(&kev);
         full_key(r, name, key, sizeof key);
+        if (strcmp(name, "_base_") == 0) {
+            BL_TRY(read_base(r, line));
+            continue;
+        }
 
         yaml_event_t vev;
         BL_TRY(next_event(r, &vev));
@@ -303,7 +390,7 @@ static int read_map(yaml_reader *r) {
             rc = read_list(r, key, line);
         } else if (vev.type == YAML_MAPPING_START_EVENT) {
             if (r->depth == CONFIG_MAX_DEPTH) {
-                bl_set_error("%s:%d: key '%s': maps nested too deeply", r->c->source, line, key);
+                bl_set_error("%s:%d: key '%s': maps nested too deeply", r->file, line, key);
                 rc = BL_ERR;
             } else {
                 snprintf(r->path[r->depth++], sizeof r->path[0], "%s", name);
@@ -311,7 +398,7 @@ static int read_map(yaml_reader *r) {
                 r->depth--;
             }
         } else {
-            bl_set_error("%s:%d: key '%s': unsupported value (%s)", r->c->source, line, key, event_name(vev.type));
+            bl_set_error("%s:%d: key '%s': unsupported value (%s)", r->file, line, key, event_name(vev.type));
             rc = BL_ERR;
         }
         yaml_event_delete(&vev);
@@ -333,11 +420,11 @@ static int read_document(yaml_reader *r) {
         } else if (type == YAML_SCALAR_EVENT && !seen_root && is_null_scalar(&ev)) {
             seen_root = true; /* an empty file */
         } else if (type == YAML_DOCUMENT_START_EVENT && seen_root) {
-            bl_set_error("%s:%d: only one YAML document is allowed", r->c->source, line);
+            bl_set_error("%s:%d: only one YAML document is allowed", r->file, line);
             rc = BL_ERR;
         } else if (type != YAML_STREAM_START_EVENT && type != YAML_DOCUMENT_START_EVENT &&
                    type != YAML_DOCUMENT_END_EVENT && type != YAML_STREAM_END_EVENT) {
-            bl_set_error("%s:%d: the top level must be a map of sections, found %s", r->c->source, line,
+            bl_set_error("%s:%d: the top level must be a map of sections, found %s", r->file, line,
                          event_name(type));
             rc = BL_ERR;
         }
@@ -347,23 +434,45 @@ static int read_document(yaml_reader *r) {
     }
 }
 
-bl_config *bl_config_parse(const char *yaml_text, const char *source_name) {
-    BL_CHECK(yaml_text, "bl_config_parse: NULL text");
+static bl_config *new_config(const char *source) {
     bl_config *c = calloc(1, sizeof *c);
     BL_CHECK(c, "config: out of memory");
-    c->source = dup_string(source_name ? source_name : "<config>");
+    c->source = dup_string(source);
     if (!c->source) {
         free(c);
         BL_CHECK(false, "config: out of memory");
     }
-    yaml_reader r = {.c = c};
-    if (!yaml_parser_initialize(&r.parser)) {
-        bl_config_free(c);
-        BL_CHECK(false, "config %s: cannot initialize the YAML parser", source_name);
+    return c;
+}
+
+static void free_bases(yaml_reader *r) {
+    for (int i = 0; i < r->n_bases; i++) free(r->bases[i]);
+    free(r->bases);
+    free(r->base_lines);
+    r->bases = NULL;
+    r->base_lines = NULL;
+    r->n_bases = 0;
+}
+
+/* Parses one file's text into r->c (a fresh config), collecting its _base_ paths in r->bases. */
+static int parse_text(yaml_reader *r, const char *text) {
+    if (!yaml_parser_initialize(&r->parser)) {
+        bl_set_error("config %s: cannot initialize the YAML parser", r->file);
+        return BL_ERR;
     }
-    yaml_parser_set_input_string(&r.parser, (const unsigned char *)yaml_text, strlen(yaml_text));
-    int rc = read_document(&r);
-    yaml_parser_delete(&r.parser);
+    yaml_parser_set_input_string(&r->parser, (const unsigned char *)text, strlen(text));
+    int rc = read_document(r);
+    yaml_parser_delete(&r->parser);
+    return rc;
+}
+
+bl_config *bl_config_parse(const char *yaml_text, const char *source_name) {
+    BL_CHECK(yaml_text, "bl_config_parse: NULL text");
+    bl_config *c = new_config(source_name ? source_name : "<config>");
+    if (!c) return NULL;
+    yaml_reader r = {.c = c, .file = c->source, .refuse_base = true};
+    int rc = parse_text(&r, yaml_text);
+    free_bases(&r);
     if (rc != BL_OK) {
         bl_config_free(c);
         return NULL;
@@ -371,10 +480,12 @@ bl_config *bl_config_parse(const char *yaml_text, const char *source_name) {
     return c;
 }
 
-bl_config *bl_config_load(const char *yaml_path) {
-    BL_CHECK(yaml_path, "bl_config_load: NULL path");
-    FILE *f = fopen(yaml_path, "rb");
-    BL_CHECK(f, "cannot open config %s: %s", yaml_path, strerror(errno));
+/* The whole of a file as a string; NULL with errno set when it cannot be opened or read, and with
+ * *nul set when it holds a NUL byte. */
+static char *read_text(const char *path, bool *nul) {
+    *nul = false;
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
     char *text = NULL;
     size_t len = 0, cap = 0;
     for (;;) {
@@ -384,7 +495,8 @@ bl_config *bl_config_load(const char *yaml_path) {
             if (!t) {
                 free(text);
                 fclose(f);
-                BL_CHECK(false, "config %s: out of memory", yaml_path);
+                errno = ENOMEM;
+                return NULL;
             }
             text = t;
         }
@@ -396,13 +508,170 @@ bl_config *bl_config_load(const char *yaml_path) {
     fclose(f);
     if (failed) {
         free(text);
-        BL_CHECK(false, "cannot read config %s", yaml_path);
+        errno = EIO;
+        return NULL;
     }
     text[len] = '\0';
-    bl_config *c = strlen(text) == len ? bl_config_parse(text, yaml_path) : NULL;
-    if (!c && strlen(text) != len) bl_set_error("config %s: contains a NUL byte", yaml_path);
+    if (strlen(text) != len) {
+        free(text);
+        *nul = true;
+        return NULL;
+    }
+    return text;
+}
+
+/* Removes entry i (its strings freed). */
+static void remove_entry(bl_config *c, int i) {
+    free(c->entries[i].key);
+    free(c->entries[i].text);
+    memmove(&c->entries[i], &c->entries[i + 1], (size_t)(c->count - i - 1) * sizeof *c->entries);
+    c->count--;
+}
+
+/* True when `prefix` names a map that holds `key` ("train" holds "train.lr"). */
+static bool holds(const char *prefix, const char *key) {
+    size_t n = strlen(prefix);
+    return strncmp(prefix, key, n) == 0 && key[n] == '.';
+}
+
+/* Merges `src` over `dst`, moving its entries: a key both have takes src's value in dst's place; a
+ * key of src replaces the keys of dst it conflicts with (a scalar where dst has a map there, or a
+ * map where dst has a scalar), in the place of the first of them; other keys of src are appended.
+ * src is left empty. */
+static int merge_into(bl_config *dst, bl_config *src) {
+    for (int i = 0; i < src->count; i++) {
+        config_entry *s = &src->entries[i];
+        int at = -1; /* the slot of the new value: the key's own, or that of the first conflict */
+        for (int j = 0; j < dst->count;) {
+            const char *k = dst->entries[j].key;
+            if (strcmp(k, s->key) != 0 && !holds(s->key, k) && !holds(k, s->key)) j++;
+            else if (at < 0) at = j++;
+            else remove_entry(dst, j);
+        }
+        if (at < 0) {
+            if (dst->count == dst->cap) {
+                int cap = dst->cap ? 2 * dst->cap : 32;
+                config_entry *e = realloc(dst->entries, (size_t)cap * sizeof *e);
+                BL_CHECK_RC(e, "config %s: out of memory", dst->source);
+                dst->entries = e;
+                dst->cap = cap;
+            }
+            at = dst->count++;
+        } else {
+            free(dst->entries[at].key);
+            free(dst->entries[at].text);
+        }
+        dst->entries[at] = *s;
+        s->key = s->text = NULL;
+    }
+    src->count = 0;
+    return BL_OK;
+}
+
+#define CONFIG_MAX_BASE_DEPTH 16
+
+/* State of one bl_config_load: the config it returns (which owns the names of every file read) and
+ * the chain of files being read, outermost first, for cycles. */
+typedef struct {
+    bl_config *out;
+    const char *chain[CONFIG_MAX_BASE_DEPTH];
+    char *real[CONFIG_MAX_BASE_DEPTH]; /* realpath of each, to see the same file under two names */
+    int depth;
+} base_loader;
+
+static const char *register_file(bl_config *out, const char *path) {
+    char **f = realloc(out->files, (size_t)(out->n_files + 1) * sizeof *f);
+    BL_CHECK(f, "config %s: out of memory", out->source);
+    out->files = f;
+    BL_CHECK((f[out->n_files] = dup_string(path)), "config %s: out of memory", out->source);
+    return f[out->n_files++];
+}
+
+/* The directory of `from` joined with `path` (a relative _base_), or `path` when absolute. */
+static void base_path(const char *from, const char *path, char *out, size_t len) {
+    const char *slash = strrchr(from, '/');
+    if (path[0] == '/' || !slash) snprintf(out, len, "%s", path);
+    else snprintf(out, len, "%.*s/%s", (int)(slash - from), from, path);
+}
+
+/* The resolved keys of the file at `path` (its bases merged in order, then its own keys) in a fresh
+ * config. `from`/`from_line` name the file and line whose _base_ led here (NULL for the loaded
+ * file) and `as_written` the path as that line writes it. */
+static bl_config *load_resolved(base_loader *L, const char *path, const char *from, int from_line,
+                                const char *as_written) {
+    bool nul;
+    char *text = read_text(path, &nul);
+    if (!text) {
+        if (nul && from) bl_set_error("%s:%d: _base_ %s: contains a NUL byte", from, from_line, path);
+        else if (nul) bl_set_error("config %s: contains a NUL byte", path);
+        else if (from)
+            bl_set_error("%s:%d: _base_ '%s': cannot open %s: %s", from, from_line, as_written, path, strerror(errno));
+        else bl_set_error("cannot open config %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    char *real = realpath(path, NULL);
+    if (!real) real = dup_string(path);
+    bool cycle = false;
+    for (int i = 0; real && i < L->depth; i++) cycle |= strcmp(L->real[i], real) == 0;
+    if (!real || cycle || L->depth == CONFIG_MAX_BASE_DEPTH) {
+        char chain[4096];
+        size_t n = 0;
+        chain[0] = '\0';
+        for (int i = 0; i < L->depth; i++)
+            n += (size_t)snprintf(chain + n, n < sizeof chain ? sizeof chain - n : 0, "%s -> ", L->chain[i]);
+        snprintf(chain + (n < sizeof chain ? n : sizeof chain - 1), n < sizeof chain ? sizeof chain - n : 1, "%s",
+                 path);
+        if (!real) bl_set_error("config %s: out of memory", path);
+        else if (cycle) bl_set_error("%s:%d: _base_ cycle: %s", from, from_line, chain);
+        else bl_set_error("%s:%d: _base_ chain deeper than %d files: %s", from, from_line, CONFIG_MAX_BASE_DEPTH, chain);
+        free(real);
+        free(text);
+        return NULL;
+    }
+    const char *name = register_file(L->out, path);
+    bl_config *own = name ? new_config(name) : NULL, *level = own ? new_config(name) : NULL;
+    yaml_reader r = {.c = own, .file = name};
+    int rc = level ? parse_text(&r, text) : BL_ERR;
     free(text);
-    return c;
+    L->chain[L->depth] = name;
+    L->real[L->depth++] = real;
+    for (int i = 0; rc == BL_OK && i < r.n_bases; i++) {
+        char full[4096];
+        base_path(name, r.bases[i], full, sizeof full);
+        bl_config *base = load_resolved(L, full, name, r.base_lines[i], r.bases[i]);
+        rc = base ? merge_into(level, base) : BL_ERR;
+        bl_config_free(base);
+    }
+    free(real);
+    L->depth--;
+    free_bases(&r);
+    if (rc == BL_OK) rc = merge_into(level, own);
+    bl_config_free(own);
+    if (rc != BL_OK) {
+        bl_config_free(level);
+        return NULL;
+    }
+    return level;
+}
+
+bl_config *bl_config_load(const char *yaml_path) {
+    BL_CHECK(yaml_path, "bl_config_load: NULL path");
+    bl_config *out = new_config(yaml_path);
+    if (!out) return NULL;
+    base_loader L = {.out = out};
+    bl_config *resolved = load_resolved(&L, yaml_path, NULL, 0, yaml_path);
+    if (!resolved) {
+        bl_config_free(out);
+        return NULL;
+    }
+    /* The entries point at file names `out` owns. */
+    out->entries = resolved->entries;
+    out->count = resolved->count;
+    out->cap = resolved->cap;
+    resolved->entries = NULL;
+    resolved->count = resolved->cap = 0;
+    bl_config_free(resolved);
+    return out;
 }
 
 void bl_config_free(bl_config *c) {
@@ -412,6 +681,8 @@ void bl_config_free(bl_config *c) {
         free(c->entries[i].text);
     }
     free(c->entries);
+    for (int i = 0; i < c->n_files; i++) free(c->files[i]);
+    free(c->files);
     free(c->source);
     free(c);
 }
