@@ -48,9 +48,9 @@ int bl_krcc(const double *pred, const double *target, int64_t n, double *out);
 int bl_pearson(const double *pred, const double *target, int64_t n, double *out);
 
 /* Fits beta = (b1, b2, b3, b4) of the logistic above to target ~ f(pred) (n >= 4), from the customary
- * start; returns b4 >= 0 (f only sees |b4|). Stops when no step lowers the squared error any more, or after 1000 iterations; a fit whose
- * optimum lies at infinity (data the logistic can only approach in its linear limit) returns the
- * best parameters reached. */
+ * start; b4 comes back >= 0 (f only sees |b4|). Stops when no step lowers the squared error any more,
+ * or after 1000 iterations: a fit whose optimum lies at infinity (data the logistic can only approach
+ * in its linear limit) returns the best parameters reached. */
 int bl_logistic4_fit(const double *pred, const double *target, int64_t n, double beta[4]);
 /* f(x) for parameters beta. */
 double bl_logistic4(const double beta[4], double x);
