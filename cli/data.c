@@ -462,11 +462,11 @@ static int data_bench(const cli_args *a) {
     double t0 = bl_now();
     int64_t images = 0;
     bl_loader_start_epoch(loader, 0, 1);
-    bl_tensor *x, *y;
     for (;;) {
         bl_scope s = bl_scope_begin();
-        bool more = bl_loader_next(loader, &x, &y);
-        if (more) images += x->shape[0];
+        bl_batch batch;
+        bool more = bl_loader_next(loader, &batch);
+        if (more) images += batch.size;
         bl_scope_end(s);
         if (!more) break;
     }

@@ -49,9 +49,10 @@ static eval_targets split_targets(const cli_args *a) {
     return t;
 }
 
-/* Opens and evaluates one run; on success *run_out and *m_out hold it (free both). */
+/* Opens and evaluates one run; on success *run_out and *e_out hold it (free both), and for a
+ * classification recipe *s its summary (s->count is 0 for another evaluator). */
 static int evaluate_run(const char *path, const eval_targets *t, const char *split, bl_run **run_out,
-                        bl_metrics *m_out, bl_metrics_summary *s) {
+                        bl_evaluator *e_out, bl_metrics_summary *s) {
     bl_run *run = bl_run_open(path, t->overrides, t->n_overrides);
     if (!run) return BL_ERR;
     const bl_dataset *ds = strcmp(split, "test") == 0 ? &run->test : strcmp(split, "val") == 0 ? &run->val : &run->train;
@@ -60,12 +61,14 @@ static int evaluate_run(const char *path, const eval_targets *t, const char *spl
         bl_run_free(run);
         return BL_ERR;
     }
-    if (bl_run_evaluate(run, ds, m_out) != BL_OK) {
+    if (bl_run_evaluate(run, ds, e_out) != BL_OK) {
         bl_run_free(run);
         return BL_ERR;
     }
-    if (bl_metrics_summarize(m_out, run->class_counts, s) != BL_OK) {
-        bl_metrics_free(m_out);
+    memset(s, 0, sizeof *s);
+    bl_metrics *m = bl_evaluator_classification(e_out);
+    if (m && bl_metrics_summarize(m, run->class_counts, s) != BL_OK) {
+        bl_evaluator_free(e_out);
         bl_run_free(run);
         return BL_ERR;
     }
@@ -78,17 +81,23 @@ static int compare_runs(const eval_targets *t, const char *split) {
            "method", "top-1", "many", "medium", "few", split);
     for (int i = 0; i < t->n_runs; i++) {
         bl_run *run;
-        bl_metrics m;
+        bl_evaluator e;
         bl_metrics_summary s;
-        if (evaluate_run(t->runs[i], t, split, &run, &m, &s) != BL_OK) return cli_fail(t->runs[i]);
+        if (evaluate_run(t->runs[i], t, split, &run, &e, &s) != BL_OK) return cli_fail(t->runs[i]);
         const char *name = strrchr(run->dir, '/');
-        printf("%-28s %-16s", name && name[1] ? name + 1 : run->dir, run->method->name);
-        print_percent(s.top1);
-        print_percent(s.many);
-        print_percent(s.medium);
-        print_percent(s.few);
+        printf("%-28s %-16s", name && name[1] ? name + 1 : run->dir, run->recipe->name);
+        if (bl_evaluator_classification(&e)) {
+            print_percent(s.top1);
+            print_percent(s.many);
+            print_percent(s.medium);
+            print_percent(s.few);
+        } else {
+            double value;
+            const char *metric = bl_evaluator_primary(&e, &value);
+            printf(" %s %.4f", metric, value);
+        }
         printf("\n");
-        bl_metrics_free(&m);
+        bl_evaluator_free(&e);
         bl_run_free(run);
     }
     return 0;
@@ -116,23 +125,28 @@ int cmd_eval(int argc, char **argv) {
         return compare_runs(&targets, split);
     }
     bl_run *run;
-    bl_metrics m;
+    bl_evaluator e;
     bl_metrics_summary s;
-    if (evaluate_run(targets.runs[0], &targets, split, &run, &m, &s) != BL_OK) return cli_fail(NULL);
+    if (evaluate_run(targets.runs[0], &targets, split, &run, &e, &s) != BL_OK) return cli_fail(NULL);
     char *json = NULL;
     if (cli_has(&a, "json")) {
-        char head[64];
-        snprintf(head, sizeof head, "\"eval\":\"%s\",\"epoch\":%d", split, run->epoch);
-        json = bl_metrics_json(&s, head);
-        FILE *f = json ? fopen(cli_get(&a, "json"), "w") : NULL;
-        if (!f || fprintf(f, "%s\n", json) < 0 || fclose(f) != 0) {
-            if (json) bl_set_error("cannot write %s", cli_get(&a, "json"));
+        char *members = bl_evaluator_json(&e);
+        FILE *f = members ? fopen(cli_get(&a, "json"), "w") : NULL;
+        if (!f || fprintf(f, "{\"eval\":\"%s\",\"epoch\":%d,%s}\n", split, run->epoch, members) < 0 ||
+            fclose(f) != 0) {
+            if (members) bl_set_error("cannot write %s", cli_get(&a, "json"));
             rc = BL_ERR;
         }
+        json = members;
     }
-    if (rc == BL_OK) {
-        printf("%s: method %s, model %s, epoch %d, %s split (%lld images)\n", run->dir, run->method->name,
-               run->model->name, run->epoch, split, (long long)s.count);
+    if (rc == BL_OK && !bl_evaluator_classification(&e)) {
+        printf("%s: method %s, model %s, epoch %d, %s split\n", run->dir, run->recipe->name,
+               bl_config_string(run->config, "model.name"), run->epoch, split);
+        for (const char *const *metric = e.kind->metrics; *metric; metric++)
+            printf("  %-10s %.4f\n", *metric, bl_evaluator_metric(&e, *metric));
+    } else if (rc == BL_OK) {
+        printf("%s: method %s, model %s, epoch %d, %s split (%lld images)\n", run->dir, run->recipe->name,
+               bl_config_string(run->config, "model.name"), run->epoch, split, (long long)s.count);
         printf("  top-1    %6.2f%%\n  top-5    %6.2f%%\n", 100 * s.top1, 100 * s.top5);
         print_group("many", s.many, s.n_many);
         print_group("medium", s.medium, s.n_medium);
@@ -146,7 +160,7 @@ int cmd_eval(int argc, char **argv) {
         }
     }
     free(json);
-    bl_metrics_free(&m);
+    bl_evaluator_free(&e);
     bl_run_free(run);
     return rc == BL_OK ? 0 : cli_fail(NULL);
 }

@@ -1,6 +1,8 @@
 /* The ballast command-line tool: one binary, one subcommand per job. */
 #include "cli.h"
 
+#include "../methods/recipes.h"
+
 #include <stdio.h>
 #include <string.h>
 
@@ -26,6 +28,7 @@ static void usage(void) {
 }
 
 int main(int argc, char **argv) {
+    if (bl_recipes_register_builtin() != 0) return cli_fail(NULL);
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "help") == 0) {
         usage();
         return argc < 2 ? 2 : 0;

@@ -33,8 +33,8 @@ static void print_options(void) {
     const bl_option *opts = bl_trainer_options(&n);
     printf("trainer keys (key, default, meaning):\n");
     print_table("", opts, n);
-    for (const char *const *name = bl_method_names(); *name; name++) {
-        const bl_method *m = bl_method_find(*name);
+    for (const char *const *name = bl_recipe_names(); *name; name++) {
+        const bl_recipe *m = bl_recipe_find(*name);
         printf("\nmethod.name: %s  %s\n", m->name, m->summary);
         print_table("method.", m->options, m->n_options);
     }
@@ -77,8 +77,8 @@ int cmd_train(int argc, char **argv) {
     if (!run) return cli_fail(NULL);
     if (!opts.quiet)
         fprintf(stderr, "run %s: %s on %s (%lld training images, %lld classes), model %s, %d epoch%s\n", run->dir,
-                run->method->name, bl_config_string(run->config, "dataset.name"), (long long)bl_numel(run->train.labels),
-                (long long)run->num_classes, run->model->name, run->epochs, run->epochs == 1 ? "" : "s");
+                run->recipe->name, bl_config_string(run->config, "dataset.name"), (long long)bl_numel(run->train.labels),
+                (long long)run->num_classes, bl_config_string(run->config, "model.name"), run->epochs, run->epochs == 1 ? "" : "s");
     rc = bl_run_train(run);
     bl_run_free(run);
     return rc == BL_OK ? 0 : cli_fail(NULL);

@@ -5,46 +5,44 @@
  * it replaces train.sampler for this method. */
 #include "longtail.h"
 
-#include "core/internal.h"
-
-#include <string.h>
-
 static const bl_option options[] = {
     {"sampler", BL_OPT_STRING, "class_balanced", "the re-sampling scheme: class_balanced, sqrt or progressive"},
 };
 
 typedef struct {
+    bl_model *model;
     const char *sampler;
 } cb_resample;
+
+/* The run builds its loader from train.sampler; the recipe's sampler replaces it before the first
+ * epoch draws its order (checkpoints keep it). */
+static int begin(bl_run *run, void *state) { return bl_run_set_sampler(run, ((const cb_resample *)state)->sampler); }
 
 static int setup(bl_run *run, void *state) {
     cb_resample *s = state;
     s->sampler = bl_config_string(run->config, "method.sampler");
-    return bl_lt_check_sampler(run, "method.sampler", s->sampler);
+    BL_TRY(bl_lt_check_sampler(run, "method.sampler", s->sampler));
+    s->model = bl_lt_add_model(run);
+    if (!s->model) return BL_ERR;
+    return bl_run_add_phase(run, &(bl_phase){"main", (int)bl_config_int(run->config, "train.epochs"), begin, NULL});
 }
 
-/* The run builds its loader from train.sampler after setup; the switch happens before the first
- * epoch draws its order (and again after a resume). */
-static int epoch_begin(bl_run *run, void *state, int epoch) {
-    const cb_resample *s = state;
-    if (run->sampler && strcmp(bl_sampler_kind(run->sampler), s->sampler) == 0) return BL_OK;
-    return bl_run_set_sampler(run, s->sampler);
+static int step(bl_run *run, void *state, bl_batch *b, double *loss) {
+    bl_tensor *logits = bl_model_forward(((const cb_resample *)state)->model, bl_batch_get(b, "x"));
+    return bl_run_backward_step(run, bl_batch_cross_entropy(b, logits, bl_ce_args_default()), loss);
 }
 
-static bl_tensor *loss(bl_run *run, void *state, bl_tensor *x, bl_tensor *y) {
-    return bl_run_cross_entropy(run, bl_model_forward(run->model, x), y, bl_ce_args_default());
+static bl_tensor *predict(bl_run *run, void *state, bl_batch *b) {
+    return bl_model_forward(((const cb_resample *)state)->model, bl_batch_get(b, "x"));
 }
 
-static bl_tensor *logits(bl_run *run, void *state, bl_tensor *x) { return bl_model_forward(run->model, x); }
-
-const bl_method bl_method_cb_resample = {
+const bl_recipe bl_recipe_cb_resample = {
     .name = "cb_resample",
     .summary = "cross-entropy on class-balanced (or square-root, progressive) re-sampled batches",
     .options = options,
     .n_options = (int)(sizeof options / sizeof options[0]),
     .state_size = sizeof(cb_resample),
     .setup = setup,
-    .loss = loss,
-    .logits = logits,
-    .epoch_begin = epoch_begin,
+    .step = step,
+    .predict = predict,
 };

@@ -7,8 +7,6 @@
  * The weights apply from the first epoch (compare LDAM-DRW, which defers them). */
 #include "longtail.h"
 
-#include "core/internal.h"
-
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,6 +17,7 @@ static const bl_option options[] = {
 };
 
 typedef struct {
+    bl_model *model;
     bool focal;
     double gamma;
     double *weights; /* (C) */
@@ -34,29 +33,34 @@ static int setup(bl_run *run, void *state) {
     if (!(s->gamma >= 0)) return bl_lt_option_error(run, "method.gamma", "%g is negative", s->gamma);
     s->weights = malloc((size_t)run->num_classes * sizeof *s->weights);
     BL_CHECK_RC(s->weights, "cb_reweight: out of memory");
+    s->model = bl_lt_add_model(run);
+    if (!s->model) return BL_ERR;
     return bl_lt_effective_number_weights(run->class_counts, run->num_classes,
                                           bl_config_float(run->config, "method.beta"), s->weights);
 }
 
-static bl_tensor *loss(bl_run *run, void *state, bl_tensor *x, bl_tensor *y) {
+static int step(bl_run *run, void *state, bl_batch *b, double *loss) {
     const cb_reweight *s = state;
     /* Softmax cross-entropy is the focal loss with gamma 0. */
     const bl_lt_focal_args args = {s->focal ? s->gamma : 0.0, bl_lt_vector(BL_F32, s->weights, run->num_classes)};
-    return bl_run_label_loss(run, bl_model_forward(run->model, x), y, bl_lt_focal_label_loss, &args);
+    bl_tensor *logits = bl_model_forward(s->model, bl_batch_get(b, "x"));
+    return bl_run_backward_step(run, bl_batch_label_loss(b, logits, bl_lt_focal_label_loss, &args), loss);
 }
 
-static bl_tensor *logits(bl_run *run, void *state, bl_tensor *x) { return bl_model_forward(run->model, x); }
+static bl_tensor *predict(bl_run *run, void *state, bl_batch *b) {
+    return bl_model_forward(((const cb_reweight *)state)->model, bl_batch_get(b, "x"));
+}
 
 static void release(void *state) { free(((cb_reweight *)state)->weights); }
 
-const bl_method bl_method_cb_reweight = {
+const bl_recipe bl_recipe_cb_reweight = {
     .name = "cb_reweight",
     .summary = "class-balanced loss: per-class weights from the effective number of samples",
     .options = options,
     .n_options = (int)(sizeof options / sizeof options[0]),
     .state_size = sizeof(cb_reweight),
     .setup = setup,
-    .loss = loss,
-    .logits = logits,
+    .step = step,
+    .predict = predict,
     .release = release,
 };

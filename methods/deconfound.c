@@ -16,8 +16,6 @@
  * from training. */
 #include "longtail.h"
 
-#include "core/internal.h"
-
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,12 +35,16 @@ static const bl_option options[] = {
 };
 
 typedef struct {
+    bl_model *model;
     int heads;
     double tau, gamma, mu, fixed_alpha, alpha_max, alpha_step;
     bool adaptive_mu;
     bl_tensor *head_direction; /* (D) buffer */
     bl_tensor *chosen_alpha;   /* scalar buffer; negative until chosen */
 } deconfound;
+
+/* Chooses alpha and logs the De-confound numbers once the main epochs are done (below). */
+static int after_training(bl_run *run, void *state);
 
 static int setup(bl_run *run, void *state) {
     deconfound *s = state;
@@ -55,7 +57,8 @@ static int setup(bl_run *run, void *state) {
     s->fixed_alpha = bl_config_float(c, "method.alpha");
     s->alpha_max = bl_config_float(c, "method.alpha_max");
     s->alpha_step = bl_config_float(c, "method.alpha_step");
-    bl_model *m = run->model;
+    bl_model *m = s->model = bl_lt_add_model(run);
+    if (!m) return BL_ERR;
     if (!(s->heads > 0 && m->feature_dim % s->heads == 0))
         return bl_lt_option_error(run, "method.heads", "%d heads do not divide %s's feature size %lld", s->heads,
                                   m->name, (long long)m->feature_dim);
@@ -65,32 +68,29 @@ static int setup(bl_run *run, void *state) {
     if (!(s->alpha_max >= 0)) return bl_lt_option_error(run, "method.alpha_max", "%g is negative", s->alpha_max);
     if (!(s->alpha_step > 0)) return bl_lt_option_error(run, "method.alpha_step", "%g must be positive", s->alpha_step);
 
-    const double bound = 1 / sqrt((double)m->feature_dim);
-    BL_TRY(bl_fill_uniform_(m->classifier.weight, &run->rng, -bound, bound));
-    if (m->classifier.bias) {
-        BL_TRY(bl_fill_(m->classifier.bias, 0.0));
-        m->classifier.bias->requires_grad = false;
-    }
+    BL_TRY(bl_lt_reset_classifier_without_bias(m, &run->rng, 1 / sqrt((double)m->feature_dim)));
     s->head_direction = bl_params_add_buffer(&m->params, "tde.head_direction", BL_F32, 1, &m->feature_dim);
     s->chosen_alpha = bl_params_add_buffer(&m->params, "tde.alpha", BL_F32, 0, NULL);
     if (!s->head_direction || !s->chosen_alpha) return BL_ERR;
-    return bl_fill_(s->chosen_alpha, -1.0);
+    BL_TRY(bl_fill_(s->chosen_alpha, -1.0));
+    return bl_run_add_phase(run, &(bl_phase){"main", (int)bl_config_int(c, "train.epochs"), NULL, after_training});
 }
 
 static int epoch_begin(bl_run *run, void *state, int epoch) {
     deconfound *s = state;
-    if (s->adaptive_mu) s->mu = 1 - 0.1 * fmin(1.0, 50 * bl_run_lr(run, epoch));
+    /* the trainer has set the epoch's learning rate before this hook */
+    if (s->adaptive_mu) s->mu = 1 - 0.1 * fmin(1.0, 50 * bl_run_optimizer(run, "model")->cfg.lr);
     return BL_OK;
 }
 
-static bl_tensor *loss(bl_run *run, void *state, bl_tensor *x, bl_tensor *y) {
+static int step(bl_run *run, void *state, bl_batch *b, double *loss) {
     deconfound *s = state;
-    bl_model *m = run->model;
-    bl_tensor *features = bl_model_features(m, x);
-    if (bl_lt_head_direction_update_(s->head_direction, features, s->mu) != BL_OK) return NULL;
+    bl_model *m = s->model;
+    bl_tensor *features = bl_model_features(m, bl_batch_get(b, "x"));
+    BL_TRY(bl_lt_head_direction_update_(s->head_direction, features, s->mu));
     features = bl_dropout_layer_forward(&m->head_drop, features, m->training);
     bl_tensor *logits = bl_lt_causal_norm_logits(features, m->classifier.weight, s->heads, s->tau, s->gamma);
-    return bl_run_cross_entropy(run, logits, y, bl_ce_args_default());
+    return bl_run_backward_step(run, bl_batch_cross_entropy(b, logits, bl_ce_args_default()), loss);
 }
 
 /* A fixed alpha from the config wins; else the one chosen on the validation split; before that
@@ -105,44 +105,23 @@ static bl_tensor *tde_logits(const deconfound *s, bl_model *m, bl_tensor *featur
     return bl_lt_tde_logits(features, m->classifier.weight, s->head_direction, s->heads, s->tau, s->gamma, alpha);
 }
 
-static bl_tensor *logits(bl_run *run, void *state, bl_tensor *x) {
+static bl_tensor *predict(bl_run *run, void *state, bl_batch *b) {
     deconfound *s = state;
-    return tde_logits(s, run->model, bl_model_features(run->model, x), effective_alpha(s));
+    return tde_logits(s, s->model, bl_model_features(s->model, bl_batch_get(b, "x")), effective_alpha(s));
 }
 
-/* The grid search: features of the validation split once, then the TDE logits for every alpha. */
+static double alpha_accuracy(bl_run *run, void *state, const bl_tensor *features, double alpha) {
+    const deconfound *s = state;
+    return bl_lt_balanced_accuracy(tde_logits(s, s->model, (bl_tensor *)features, alpha), run->val.labels,
+                                   run->num_classes);
+}
+
 static int choose_alpha(bl_run *run, deconfound *s) {
-    if (!run->val.images || run->val.images->shape[0] == 0)
-        return bl_lt_option_error(run, "dataset.val_per_class",
-                                  "deconfound_tde chooses alpha on the validation split: set it > 0 (or fix method.alpha)");
-    bl_tensor *features = bl_lt_dataset_features(run, &run->val);
-    if (!features) return BL_ERR;
-    double best_alpha = 0, best_accuracy = -1;
-    int rc = BL_OK;
-    const int steps = (int)floor(s->alpha_max / s->alpha_step + 1e-9);
-    for (int i = 0; i <= steps && rc == BL_OK; i++) {
-        const double alpha = i * s->alpha_step;
-        bl_scope scope = bl_scope_begin();
-        double accuracy = NAN;
-        BL_NO_GRAD {
-            accuracy = bl_lt_balanced_accuracy(tde_logits(s, run->model, features, alpha), run->val.labels,
-                                               run->num_classes);
-        }
-        bl_scope_end(scope);
-        char record[160];
-        snprintf(record, sizeof record, "\"type\":\"tde_alpha\",\"alpha\":%.4g,\"val_balanced_acc\":%.6f", alpha,
-                 accuracy);
-        if (isnan(accuracy) || bl_run_log(run, record) != BL_OK) rc = BL_ERR;
-        /* Strictly better only: ties keep the smaller alpha, the smaller intervention. */
-        if (accuracy > best_accuracy) best_accuracy = accuracy, best_alpha = alpha;
-    }
-    bl_tensor_free(features);
-    if (rc != BL_OK) return BL_ERR;
-    BL_TRY(bl_fill_(s->chosen_alpha, best_alpha));
-    char record[128];
-    snprintf(record, sizeof record, "\"type\":\"tde_alpha_chosen\",\"alpha\":%.4g,\"val_balanced_acc\":%.6f",
-             best_alpha, best_accuracy);
-    return bl_run_log(run, record);
+    const bl_lt_grid grid = {"tde_alpha", "alpha", s->alpha_max, s->alpha_step,
+                             "deconfound_tde chooses alpha on the validation split: set it > 0 (or fix method.alpha)"};
+    double best_alpha;
+    BL_TRY(bl_lt_grid_search(run, s->model, &grid, alpha_accuracy, s, &best_alpha));
+    return bl_fill_(s->chosen_alpha, best_alpha);
 }
 
 /* The paper reports De-confound (alpha = 0) beside De-confound-TDE from the same checkpoint: the
@@ -152,19 +131,19 @@ static int log_deconfound_test(bl_run *run, deconfound *s) {
     if (!run->test.labels || bl_numel(run->test.labels) == 0) return BL_OK;
     const double saved = s->fixed_alpha;
     s->fixed_alpha = 0;
-    bl_metrics m;
-    int rc = bl_run_evaluate(run, &run->test, &m);
+    bl_evaluator e;
+    int rc = bl_run_evaluate(run, &run->test, &e);
     s->fixed_alpha = saved;
     if (rc != BL_OK) return BL_ERR;
-    bl_metrics_summary summary;
-    char *json = bl_metrics_summarize(&m, run->class_counts, &summary) == BL_OK ? bl_metrics_json(&summary, NULL) : NULL;
-    bl_metrics_free(&m);
+    char *json = bl_evaluator_json(&e);
+    bl_evaluator_free(&e);
     if (!json) return BL_ERR;
-    const char head[] = "\"type\":\"deconfound_alpha0\",\"split\":\"test\",\"metrics\":";
-    char *record = malloc(sizeof head + strlen(json));
+    const char head[] = "\"type\":\"deconfound_alpha0\",\"split\":\"test\",\"metrics\":{";
+    char *record = malloc(sizeof head + strlen(json) + 1);
     if (record) {
         memcpy(record, head, sizeof head - 1);
         strcpy(record + sizeof head - 1, json);
+        strcat(record, "}");
         rc = bl_run_log(run, record);
     } else {
         bl_set_error("deconfound_tde: out of memory");
@@ -181,7 +160,7 @@ static int after_training(bl_run *run, void *state) {
     return log_deconfound_test(run, s);
 }
 
-const bl_method bl_method_deconfound_tde = {
+const bl_recipe bl_recipe_deconfound_tde = {
     .name = "deconfound_tde",
     .summary = "De-confound training (causal-norm multi-head classifier, moving-average head direction) "
                "with TDE inference, alpha chosen on the validation split",
@@ -189,8 +168,7 @@ const bl_method bl_method_deconfound_tde = {
     .n_options = (int)(sizeof options / sizeof options[0]),
     .state_size = sizeof(deconfound),
     .setup = setup,
-    .loss = loss,
-    .logits = logits,
+    .step = step,
+    .predict = predict,
     .epoch_begin = epoch_begin,
-    .after_training = after_training,
 };

@@ -13,8 +13,6 @@
  * of stage2_lr over its epochs, as the paper's classifier stages. */
 #include "longtail.h"
 
-#include "core/internal.h"
-
 #include <math.h>
 #include <stdio.h>
 
@@ -32,53 +30,95 @@ static const bl_option tau_norm_options[] = {
 };
 
 typedef struct {
+    bl_model *model;
     int stage2_epochs;
     double stage2_lr;
     const char *stage2_sampler;
     double fixed_tau, tau_max, tau_step;
     bl_tensor *chosen_tau; /* tau_norm: scalar buffer, negative until chosen */
-    bl_tensor *scales;     /* lws: (C) extra parameter */
+    bl_tensor *scales;     /* lws: (C) parameter of the store "lws" */
 } decoupled;
 
-static int read_stage2(bl_run *run, decoupled *s) {
+static int main_epochs(const bl_run *run) { return (int)bl_config_int(run->config, "train.epochs"); }
+
+/* Stage one of all three: the cross-entropy model. */
+static int add_model(bl_run *run, decoupled *s) {
+    s->model = bl_lt_add_model(run);
+    return s->model ? BL_OK : BL_ERR;
+}
+
+/* The stage-two options, and the two phases: the main epochs, then the classifier stage. */
+static int add_stages(bl_run *run, decoupled *s, int (*stage_begin)(bl_run *, void *)) {
     s->stage2_epochs = (int)bl_config_int(run->config, "method.stage2_epochs");
     s->stage2_lr = bl_config_float(run->config, "method.stage2_lr");
     s->stage2_sampler = bl_config_string(run->config, "method.stage2_sampler");
     if (s->stage2_epochs < 0)
         return bl_lt_option_error(run, "method.stage2_epochs", "%d is negative", s->stage2_epochs);
     if (!(s->stage2_lr > 0)) return bl_lt_option_error(run, "method.stage2_lr", "%g must be positive", s->stage2_lr);
-    return bl_lt_check_sampler(run, "method.stage2_sampler", s->stage2_sampler);
+    BL_TRY(bl_lt_check_sampler(run, "method.stage2_sampler", s->stage2_sampler));
+    BL_TRY(bl_run_add_phase(run, &(bl_phase){"main", main_epochs(run), NULL, NULL}));
+    return bl_run_add_phase(run, &(bl_phase){"classifier", s->stage2_epochs, stage_begin, NULL});
 }
 
-static bl_tensor *plain_loss(bl_run *run, void *state, bl_tensor *x, bl_tensor *y) {
-    return bl_run_cross_entropy(run, bl_model_forward(run->model, x), y, bl_ce_args_default());
+static int plain_step(bl_run *run, void *state, bl_batch *b, double *loss) {
+    bl_tensor *logits = bl_model_forward(((const decoupled *)state)->model, bl_batch_get(b, "x"));
+    return bl_run_backward_step(run, bl_batch_cross_entropy(b, logits, bl_ce_args_default()), loss);
 }
 
-static bl_tensor *plain_logits(bl_run *run, void *state, bl_tensor *x) { return bl_model_forward(run->model, x); }
-
-static void set_classifier_trainable(bl_model *m, bool trainable) {
-    m->classifier.weight->requires_grad = trainable;
-    if (m->classifier.bias) m->classifier.bias->requires_grad = trainable;
+static bl_tensor *plain_logits(bl_run *run, void *state, bl_batch *b) {
+    return bl_model_forward(((const decoupled *)state)->model, bl_batch_get(b, "x"));
 }
 
 /* ---- cRT ---------------------------------------------------------------------------------- */
 
-static int crt_setup(bl_run *run, void *state) { return read_stage2(run, state); }
-
-static int crt_after_training(bl_run *run, void *state) {
+static int crt_begin_stage(bl_run *run, void *state) {
     const decoupled *s = state;
-    bl_linear_layer *fc = &run->model->classifier;
+    bl_linear_layer *fc = &s->model->classifier;
     /* torch.nn.Linear's initialisation: kaiming_uniform(a = sqrt 5), bias U(+-1/sqrt(fan_in)). */
     BL_TRY(bl_init_kaiming_uniform_(fc->weight, &run->rng, sqrt(5.0)));
     if (fc->bias) {
         const double bound = 1 / sqrt((double)fc->in_features);
         BL_TRY(bl_fill_uniform_(fc->bias, &run->rng, -bound, bound));
     }
-    BL_TRY(bl_run_freeze_backbone(run, true));
-    return bl_lt_train_stage(run, s->stage2_epochs, s->stage2_lr, s->stage2_sampler, false);
+    BL_TRY(bl_run_freeze(run, "model", true, true));
+    return bl_lt_begin_stage(run, "model", s->stage2_epochs, s->stage2_lr, s->stage2_sampler);
+}
+
+static int crt_setup(bl_run *run, void *state) {
+    BL_TRY(add_model(run, state));
+    return add_stages(run, state, crt_begin_stage);
 }
 
 /* ---- tau-normalisation ---------------------------------------------------------------------- */
+
+static bl_tensor *tau_normalized_logits(bl_model *m, bl_tensor *features, double tau) {
+    return bl_linear(features, bl_lt_tau_normalize(m->classifier.weight, tau), NULL);
+}
+
+/* A fixed tau wins, else the chosen one; until a choice the plain classifier (stage one). */
+static bl_tensor *tau_norm_logits(bl_run *run, void *state, bl_batch *b) {
+    const decoupled *s = state;
+    const double tau = s->fixed_tau >= 0 ? s->fixed_tau : bl_item(s->chosen_tau);
+    bl_tensor *x = bl_batch_get(b, "x");
+    if (tau < 0) return bl_model_forward(s->model, x);
+    return tau_normalized_logits(s->model, bl_model_features(s->model, x), tau);
+}
+
+static double tau_accuracy(bl_run *run, void *state, const bl_tensor *features, double tau) {
+    const decoupled *s = state;
+    return bl_lt_balanced_accuracy(tau_normalized_logits(s->model, (bl_tensor *)features, tau), run->val.labels,
+                                   run->num_classes);
+}
+
+static int tau_norm_choose(bl_run *run, void *state) {
+    decoupled *s = state;
+    if (s->fixed_tau >= 0) return BL_OK;
+    const bl_lt_grid grid = {"tau_norm", "tau", s->tau_max, s->tau_step,
+                             "tau_norm chooses tau on the validation split: set it > 0 (or fix method.tau)"};
+    double best_tau;
+    BL_TRY(bl_lt_grid_search(run, s->model, &grid, tau_accuracy, state, &best_tau));
+    return bl_fill_(s->chosen_tau, best_tau);
+}
 
 static int tau_norm_setup(bl_run *run, void *state) {
     decoupled *s = state;
@@ -87,91 +127,48 @@ static int tau_norm_setup(bl_run *run, void *state) {
     s->tau_step = bl_config_float(run->config, "method.tau_step");
     if (!(s->tau_max >= 0)) return bl_lt_option_error(run, "method.tau_max", "%g is negative", s->tau_max);
     if (!(s->tau_step > 0)) return bl_lt_option_error(run, "method.tau_step", "%g must be positive", s->tau_step);
-    s->chosen_tau = bl_params_add_buffer(&run->model->params, "tau_norm.tau", BL_F32, 0, NULL);
-    return s->chosen_tau ? bl_fill_(s->chosen_tau, -1.0) : BL_ERR;
-}
-
-static bl_tensor *tau_normalized_logits(bl_model *m, bl_tensor *features, double tau) {
-    return bl_linear(features, bl_lt_tau_normalize(m->classifier.weight, tau), NULL);
-}
-
-/* A fixed tau wins, else the chosen one; until a choice the plain classifier (stage one). */
-static bl_tensor *tau_norm_logits(bl_run *run, void *state, bl_tensor *x) {
-    const decoupled *s = state;
-    const double tau = s->fixed_tau >= 0 ? s->fixed_tau : bl_item(s->chosen_tau);
-    if (tau < 0) return bl_model_forward(run->model, x);
-    return tau_normalized_logits(run->model, bl_model_features(run->model, x), tau);
-}
-
-static int tau_norm_after_training(bl_run *run, void *state) {
-    decoupled *s = state;
-    if (s->fixed_tau >= 0) return BL_OK;
-    if (!run->val.images || run->val.images->shape[0] == 0)
-        return bl_lt_option_error(run, "dataset.val_per_class",
-                                  "tau_norm chooses tau on the validation split: set it > 0 (or fix method.tau)");
-    bl_tensor *features = bl_lt_dataset_features(run, &run->val);
-    if (!features) return BL_ERR;
-    double best_tau = 0, best_accuracy = -1;
-    int rc = BL_OK;
-    const int steps = (int)floor(s->tau_max / s->tau_step + 1e-9);
-    for (int i = 0; i <= steps && rc == BL_OK; i++) {
-        const double tau = i * s->tau_step;
-        double accuracy = NAN;
-        bl_scope scope = bl_scope_begin();
-        BL_NO_GRAD {
-            accuracy = bl_lt_balanced_accuracy(tau_normalized_logits(run->model, features, tau), run->val.labels,
-                                               run->num_classes);
-        }
-        bl_scope_end(scope);
-        char record[160];
-        snprintf(record, sizeof record, "\"type\":\"tau_norm\",\"tau\":%.4g,\"val_balanced_acc\":%.6f", tau, accuracy);
-        if (isnan(accuracy) || bl_run_log(run, record) != BL_OK) rc = BL_ERR;
-        if (accuracy > best_accuracy) best_accuracy = accuracy, best_tau = tau;
-    }
-    bl_tensor_free(features);
-    if (rc != BL_OK) return BL_ERR;
-    BL_TRY(bl_fill_(s->chosen_tau, best_tau));
-    char record[128];
-    snprintf(record, sizeof record, "\"type\":\"tau_norm_chosen\",\"tau\":%.4g,\"val_balanced_acc\":%.6f", best_tau,
-             best_accuracy);
-    return bl_run_log(run, record);
+    BL_TRY(add_model(run, s));
+    s->chosen_tau = bl_params_add_buffer(&s->model->params, "tau_norm.tau", BL_F32, 0, NULL);
+    if (!s->chosen_tau) return BL_ERR;
+    BL_TRY(bl_fill_(s->chosen_tau, -1.0));
+    return bl_run_add_phase(run, &(bl_phase){"main", main_epochs(run), NULL, tau_norm_choose});
 }
 
 /* ---- learnable weight scaling --------------------------------------------------------------- */
 
+static bl_tensor *lws_logits(bl_run *run, void *state, bl_batch *b) {
+    const decoupled *s = state;
+    return bl_mul(bl_model_forward(s->model, bl_batch_get(b, "x")), s->scales);
+}
+
+static int lws_step(bl_run *run, void *state, bl_batch *b, double *loss) {
+    return bl_run_backward_step(run, bl_batch_cross_entropy(b, lws_logits(run, state, b), bl_ce_args_default()), loss);
+}
+
+static int lws_begin_stage(bl_run *run, void *state) {
+    const decoupled *s = state;
+    BL_TRY(bl_run_freeze(run, "model", true, false));
+    s->scales->requires_grad = true;
+    return bl_lt_begin_stage(run, "lws", s->stage2_epochs, s->stage2_lr, s->stage2_sampler);
+}
+
 static int lws_setup(bl_run *run, void *state) {
     decoupled *s = state;
-    BL_TRY(read_stage2(run, s));
-    s->scales = bl_params_add(&run->extra_params, "lws.scales", 1, &run->num_classes);
-    if (!s->scales) return BL_ERR;
+    BL_TRY(add_model(run, s));
+    bl_params *store = bl_run_add_params(run, "lws");
+    s->scales = store ? bl_params_add(store, "lws.scales", 1, &run->num_classes) : NULL;
+    if (!s->scales || !bl_run_add_optimizer(run, "lws", store, NULL, NULL)) return BL_ERR;
     BL_TRY(bl_fill_(s->scales, 1.0));
     /* Trained in stage two only: the optimizer skips it (and its weight decay) until then. */
     s->scales->requires_grad = false;
-    return BL_OK;
-}
-
-static bl_tensor *lws_logits(bl_run *run, void *state, bl_tensor *x) {
-    const decoupled *s = state;
-    return bl_mul(bl_model_forward(run->model, x), s->scales);
-}
-
-static bl_tensor *lws_loss(bl_run *run, void *state, bl_tensor *x, bl_tensor *y) {
-    return bl_run_cross_entropy(run, lws_logits(run, state, x), y, bl_ce_args_default());
-}
-
-static int lws_after_training(bl_run *run, void *state) {
-    const decoupled *s = state;
-    BL_TRY(bl_run_freeze_backbone(run, true));
-    set_classifier_trainable(run->model, false);
-    s->scales->requires_grad = true;
-    return bl_lt_train_stage(run, s->stage2_epochs, s->stage2_lr, s->stage2_sampler, true);
+    return add_stages(run, s, lws_begin_stage);
 }
 
 /* ---- the three recipes ------------------------------------------------------------------------ */
 
 #define N_OPTIONS(table) (int)(sizeof table / sizeof table[0])
 
-const bl_method bl_method_crt = {
+const bl_recipe bl_recipe_crt = {
     .name = "crt",
     .summary = "decoupled cRT: cross-entropy training, then the classifier re-initialised and re-trained "
                "with class-balanced sampling on the frozen backbone",
@@ -179,12 +176,11 @@ const bl_method bl_method_crt = {
     .n_options = N_OPTIONS(stage2_options),
     .state_size = sizeof(decoupled),
     .setup = crt_setup,
-    .loss = plain_loss,
-    .logits = plain_logits,
-    .after_training = crt_after_training,
+    .step = plain_step,
+    .predict = plain_logits,
 };
 
-const bl_method bl_method_tau_norm = {
+const bl_recipe bl_recipe_tau_norm = {
     .name = "tau_norm",
     .summary = "decoupled tau-normalisation: cross-entropy training, then class weights w_c / ||w_c||^tau "
                "with tau chosen on the validation split",
@@ -192,12 +188,11 @@ const bl_method bl_method_tau_norm = {
     .n_options = N_OPTIONS(tau_norm_options),
     .state_size = sizeof(decoupled),
     .setup = tau_norm_setup,
-    .loss = plain_loss,
-    .logits = tau_norm_logits,
-    .after_training = tau_norm_after_training,
+    .step = plain_step,
+    .predict = tau_norm_logits,
 };
 
-const bl_method bl_method_lws = {
+const bl_recipe bl_recipe_lws = {
     .name = "lws",
     .summary = "decoupled LWS: cross-entropy training, then per-class logit scales learned with "
                "class-balanced sampling on the frozen model",
@@ -205,7 +200,6 @@ const bl_method bl_method_lws = {
     .n_options = N_OPTIONS(stage2_options),
     .state_size = sizeof(decoupled),
     .setup = lws_setup,
-    .loss = lws_loss,
-    .logits = lws_logits,
-    .after_training = lws_after_training,
+    .step = lws_step,
+    .predict = lws_logits,
 };

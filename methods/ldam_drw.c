@@ -10,8 +10,6 @@
  * The classifier is the model's classifier weight (C, D), re-initialised, with its bias unused. */
 #include "longtail.h"
 
-#include "core/internal.h"
-
 #include <math.h>
 #include <stdlib.h>
 
@@ -24,6 +22,7 @@ static const bl_option options[] = {
 };
 
 typedef struct {
+    bl_model *model;
     double scale;
     bool drw;
     int drw_epoch;
@@ -42,20 +41,16 @@ static int setup(bl_run *run, void *state) {
     if (!(s->scale > 0)) return bl_lt_option_error(run, "method.scale", "%g must be positive", s->scale);
     if (!(drw_start >= 0 && drw_start <= 1))
         return bl_lt_option_error(run, "method.drw_start", "%g is not a fraction in [0, 1]", drw_start);
-    s->drw_epoch = (int)lround(drw_start * run->epochs);
+    s->drw_epoch = (int)lround(drw_start * (double)bl_config_int(c, "train.epochs"));
     s->margins = malloc(2 * (size_t)classes * sizeof *s->margins);
     BL_CHECK_RC(s->margins, "ldam_drw: out of memory");
     s->weights = s->margins + classes;
     BL_TRY(bl_lt_ldam_margins(run->class_counts, classes, bl_config_float(c, "method.max_margin"), s->margins));
     BL_TRY(bl_lt_effective_number_weights(run->class_counts, classes, bl_config_float(c, "method.beta"), s->weights));
     /* Only the direction of each class weight matters to a cosine classifier. */
-    bl_model *m = run->model;
-    BL_TRY(bl_fill_uniform_(m->classifier.weight, &run->rng, -1.0, 1.0));
-    if (m->classifier.bias) {
-        BL_TRY(bl_fill_(m->classifier.bias, 0.0));
-        m->classifier.bias->requires_grad = false;
-    }
-    return BL_OK;
+    bl_model *m = s->model = bl_lt_add_model(run);
+    if (!m) return BL_ERR;
+    return bl_lt_reset_classifier_without_bias(m, &run->rng, 1.0);
 }
 
 static int epoch_begin(bl_run *run, void *state, int epoch) {
@@ -69,27 +64,30 @@ static bl_tensor *cosine_logits(bl_model *m, bl_tensor *x) {
     return bl_lt_cosine_logits(features, m->classifier.weight);
 }
 
-static bl_tensor *loss(bl_run *run, void *state, bl_tensor *x, bl_tensor *y) {
+static int step(bl_run *run, void *state, bl_batch *b, double *loss) {
     const ldam_drw *s = state;
     const int64_t classes = run->num_classes;
     const bl_lt_ldam_args args = {bl_lt_vector(BL_F32, s->margins, classes), s->scale,
                                   s->weighted ? bl_lt_vector(BL_F32, s->weights, classes) : NULL};
-    return bl_run_label_loss(run, cosine_logits(run->model, x), y, bl_lt_ldam_label_loss, &args);
+    bl_tensor *logits = cosine_logits(s->model, bl_batch_get(b, "x"));
+    return bl_run_backward_step(run, bl_batch_label_loss(b, logits, bl_lt_ldam_label_loss, &args), loss);
 }
 
-static bl_tensor *logits(bl_run *run, void *state, bl_tensor *x) { return cosine_logits(run->model, x); }
+static bl_tensor *predict(bl_run *run, void *state, bl_batch *b) {
+    return cosine_logits(((const ldam_drw *)state)->model, bl_batch_get(b, "x"));
+}
 
 static void release(void *state) { free(((ldam_drw *)state)->margins); }
 
-const bl_method bl_method_ldam_drw = {
+const bl_recipe bl_recipe_ldam_drw = {
     .name = "ldam_drw",
     .summary = "LDAM: label-distribution-aware margins on a cosine classifier, with deferred re-weighting",
     .options = options,
     .n_options = (int)(sizeof options / sizeof options[0]),
     .state_size = sizeof(ldam_drw),
     .setup = setup,
-    .loss = loss,
-    .logits = logits,
+    .step = step,
+    .predict = predict,
     .epoch_begin = epoch_begin,
     .release = release,
 };

@@ -3,8 +3,6 @@
  * tensor functions are compositions of ops, so autograd and both float dtypes come for free. */
 #include "longtail.h"
 
-#include "core/internal.h"
-
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -76,10 +74,10 @@ bl_tensor *bl_lt_vector(bl_dtype dt, const double *values, int64_t n) {
 static bool check_classification(const char *what, const bl_tensor *logits, const bl_tensor *target,
                                  const bl_tensor *per_class) {
     BL_CHECK_OR(false, logits->ndim == 2 && target->ndim == 1 && target->shape[0] == logits->shape[0],
-                "%s: logits %s and target %s must be (N, C) and (N)", what, bl__shape(logits), bl__shape(target));
+                "%s: logits %s and target %s must be (N, C) and (N)", what, bl_shape_text(logits), bl_shape_text(target));
     BL_CHECK_OR(false, target->dtype == BL_I64, "%s: target must be I64, got %s", what, bl_dtype_name(target->dtype));
     BL_CHECK_OR(false, !per_class || (per_class->ndim == 1 && per_class->shape[0] == logits->shape[1]),
-                "%s: per-class tensor %s does not match logits %s", what, bl__shape(per_class), bl__shape(logits));
+                "%s: per-class tensor %s does not match logits %s", what, bl_shape_text(per_class), bl_shape_text(logits));
     return true;
 }
 
@@ -126,7 +124,7 @@ bl_tensor *bl_lt_ldam_label_loss(bl_tensor *logits, bl_tensor *target, const voi
 
 static bool check_classifier(const char *what, const bl_tensor *x, const bl_tensor *weight, int heads) {
     BL_CHECK_OR(false, x->ndim == 2 && weight->ndim == 2 && x->shape[1] == weight->shape[1],
-                "%s: features %s and weight %s must be (N, D) and (C, D)", what, bl__shape(x), bl__shape(weight));
+                "%s: features %s and weight %s must be (N, D) and (C, D)", what, bl_shape_text(x), bl_shape_text(weight));
     BL_CHECK_OR(false, heads > 0 && x->shape[1] % heads == 0, "%s: %d heads do not divide the feature size %lld",
                 what, heads, (long long)x->shape[1]);
     return true;
@@ -163,7 +161,7 @@ bl_tensor *bl_lt_tde_logits(bl_tensor *x, bl_tensor *weight, bl_tensor *head_dir
     if (alpha != 0) {
         BL_CHECK(head_direction && head_direction->ndim == 1 && head_direction->shape[0] == x->shape[1],
                  "TDE logits: head direction %s does not match features %s",
-                 head_direction ? bl__shape(head_direction) : "NULL", bl__shape(x));
+                 head_direction ? bl_shape_text(head_direction) : "NULL", bl_shape_text(x));
         bl_tensor *d = bl_reshape(head_direction, BL_SHAPE(heads, x->shape[1] / heads));
         bl_tensor *d_hat = bl_l2_normalize(d, -1, FEATURE_NORM_EPS); /* (K, D/K), broadcasts over N */
         bl_tensor *cos = bl_sum_dim(bl_mul(x_hat, d_hat), -1, true);  /* (N, K, 1) */
@@ -176,8 +174,8 @@ bl_tensor *bl_lt_tde_logits(bl_tensor *x, bl_tensor *weight, bl_tensor *head_dir
 int bl_lt_head_direction_update_(bl_tensor *head_direction, bl_tensor *features, double mu) {
     BL_CHECK_RC(head_direction && features, "head direction update: NULL %s", head_direction ? "features" : "direction");
     BL_CHECK_RC(features->ndim == 2 && head_direction->ndim == 1 && head_direction->shape[0] == features->shape[1],
-                "head direction update: direction %s does not match features %s", bl__shape(head_direction),
-                bl__shape(features));
+                "head direction update: direction %s does not match features %s", bl_shape_text(head_direction),
+                bl_shape_text(features));
     bl_tensor *batch_mean = NULL;
     BL_NO_GRAD { batch_mean = bl_mean_dim(bl_detach(features), 0, false); }
     if (!batch_mean) return BL_ERR;
@@ -187,7 +185,7 @@ int bl_lt_head_direction_update_(bl_tensor *head_direction, bl_tensor *features,
 
 bl_tensor *bl_lt_tau_normalize(bl_tensor *weight, double tau) {
     BL_NONNULL(weight);
-    BL_CHECK(weight->ndim == 2, "tau-normalisation: weight %s must be (C, D)", bl__shape(weight));
+    BL_CHECK(weight->ndim == 2, "tau-normalisation: weight %s must be (C, D)", bl_shape_text(weight));
     return bl_div(weight, bl_pow_scalar(bl_norm_dim(weight, 2, 1, true), tau));
 }
 
@@ -211,49 +209,83 @@ int bl_lt_check_sampler(const bl_run *run, const char *key, const char *kind) {
                               kind ? kind : "");
 }
 
-bl_tensor *bl_lt_dataset_features(bl_run *run, const bl_dataset *ds) {
-    BL_CHECK(run && run->model, "dataset features: no model");
+bl_model *bl_lt_add_model(bl_run *run) {
+    bl_model *m = bl_run_add_model(run, "model", NULL);
+    if (!m || !bl_run_add_optimizer(run, "model", &m->params, NULL, NULL)) return NULL;
+    return m;
+}
+
+int bl_lt_reset_classifier_without_bias(bl_model *m, bl_rng *rng, double bound) {
+    BL_TRY(bl_fill_uniform_(m->classifier.weight, rng, -bound, bound));
+    if (!m->classifier.bias) return BL_OK;
+    BL_TRY(bl_fill_(m->classifier.bias, 0.0));
+    m->classifier.bias->requires_grad = false;
+    return BL_OK;
+}
+
+typedef struct {
+    bl_model *model;
+    bl_tensor *out;
+    int64_t next;
+} features_pass;
+
+static int copy_features(bl_run *run, bl_batch *b, void *user) {
+    features_pass *p = user;
+    bl_tensor *features = bl_model_features(p->model, bl_batch_get(b, "x"));
+    BL_TRY(bl_copy_(bl_slice(p->out, 0, p->next, p->next + b->size, 1), features));
+    p->next += b->size;
+    return BL_OK;
+}
+
+bl_tensor *bl_lt_dataset_features(bl_run *run, bl_model *model, const bl_dataset *ds) {
+    BL_CHECK(run && model, "dataset features: no model");
     BL_CHECK(ds && ds->images && ds->images->ndim == 4 && ds->images->shape[0] > 0,
              "dataset features: the dataset has no images");
-    const int64_t n = ds->images->shape[0], channels = ds->images->shape[1], height = ds->images->shape[2],
-                  width = ds->images->shape[3], pixels = channels * height * width;
-    const int64_t batch = run->batch_size > 0 ? run->batch_size : 256;
-    bl_tensor *out = bl_tensor_new_persistent(BL_F32, BL_SHAPE(n, run->model->feature_dim));
-    if (!out) return NULL;
-    /* Evaluation transforms: the training normalisation, nothing random. */
-    bl_augment eval = {0};
-    memcpy(eval.mean, run->augment.mean, sizeof eval.mean);
-    memcpy(eval.std, run->augment.std, sizeof eval.std);
-    bl_rng unused = bl_rng_make(0, 0);
-    const bool was_training = run->model->training;
-    run->model->training = false;
-    int rc = BL_OK;
-    BL_NO_GRAD {
-        for (int64_t start = 0; start < n && rc == BL_OK; start += batch) {
-            const int64_t rows = n - start < batch ? n - start : batch;
-            bl_scope scope = bl_scope_begin();
-            bl_tensor *x = bl_empty(BL_F32, BL_SHAPE(rows, channels, height, width));
-            for (int64_t i = 0; x && i < rows && rc == BL_OK; i++)
-                rc = bl_augment_image(&eval, (const uint8_t *)ds->images->data + (start + i) * pixels, channels,
-                                      height, width, &unused, (float *)x->data + i * pixels);
-            bl_tensor *features = rc == BL_OK ? bl_model_features(run->model, x) : NULL;
-            if (!features || bl_copy_(bl_slice(out, 0, start, start + rows, 1), features) != BL_OK) rc = BL_ERR;
-            bl_scope_end(scope);
-        }
-    }
-    run->model->training = was_training;
-    if (rc != BL_OK) {
-        bl_tensor_free(out);
+    features_pass pass = {model, bl_tensor_new_persistent(BL_F32, BL_SHAPE(ds->images->shape[0], model->feature_dim)), 0};
+    if (!pass.out) return NULL;
+    if (bl_run_for_each_batch(run, ds, copy_features, &pass) != BL_OK) {
+        bl_tensor_free(pass.out);
         return NULL;
     }
-    return out;
+    return pass.out;
+}
+
+int bl_lt_grid_search(bl_run *run, bl_model *model, const bl_lt_grid *grid, bl_lt_grid_score score, void *user,
+                      double *best) {
+    if (!run->val.images || run->val.images->shape[0] == 0)
+        return bl_lt_option_error(run, "dataset.val_per_class", "%s", grid->needs_validation);
+    bl_tensor *features = bl_lt_dataset_features(run, model, &run->val);
+    if (!features) return BL_ERR;
+    double best_value = 0, best_accuracy = -1;
+    int rc = BL_OK;
+    const int steps = (int)floor(grid->max / grid->step + 1e-9);
+    for (int i = 0; i <= steps && rc == BL_OK; i++) {
+        const double value = i * grid->step;
+        double accuracy = NAN;
+        bl_scope scope = bl_scope_begin();
+        BL_NO_GRAD { accuracy = score(run, user, features, value); }
+        bl_scope_end(scope);
+        char record[192];
+        snprintf(record, sizeof record, "\"type\":\"%s\",\"%s\":%.4g,\"val_balanced_acc\":%.6f", grid->record,
+                 grid->parameter, value, accuracy);
+        if (isnan(accuracy) || bl_run_log(run, record) != BL_OK) rc = BL_ERR;
+        /* Strictly better only: ties keep the smaller value, the smaller intervention. */
+        if (accuracy > best_accuracy) best_accuracy = accuracy, best_value = value;
+    }
+    bl_tensor_free(features);
+    if (rc != BL_OK) return BL_ERR;
+    char record[192];
+    snprintf(record, sizeof record, "\"type\":\"%s_chosen\",\"%s\":%.4g,\"val_balanced_acc\":%.6f", grid->record,
+             grid->parameter, best_value, best_accuracy);
+    *best = best_value;
+    return bl_run_log(run, record);
 }
 
 double bl_lt_balanced_accuracy(const bl_tensor *logits, const bl_tensor *labels, int64_t classes) {
     BL_CHECK_OR(NAN, logits && labels && logits->ndim == 2 && logits->shape[1] == classes && labels->ndim == 1 &&
                          labels->shape[0] == logits->shape[0],
                 "balanced accuracy: logits %s and labels %s do not match %lld classes",
-                logits ? bl__shape(logits) : "NULL", labels ? bl__shape(labels) : "NULL", (long long)classes);
+                logits ? bl_shape_text(logits) : "NULL", labels ? bl_shape_text(labels) : "NULL", (long long)classes);
     int64_t *correct = calloc((size_t)(2 * classes), sizeof *correct), *total = correct + classes;
     BL_CHECK_OR(NAN, correct, "balanced accuracy: out of memory");
     for (int64_t i = 0; i < logits->shape[0]; i++) {
@@ -275,23 +307,16 @@ double bl_lt_balanced_accuracy(const bl_tensor *logits, const bl_tensor *labels,
     return present ? sum / (double)present : NAN;
 }
 
-int bl_lt_train_stage(bl_run *run, int epochs, double lr, const char *sampler, bool extra) {
+int bl_lt_begin_stage(bl_run *run, const char *optimizer, int epochs, double lr, const char *sampler) {
     BL_CHECK_RC(epochs >= 0 && lr > 0, "classifier stage: need epochs >= 0 and lr > 0, got %d and %g", epochs, lr);
     if (epochs == 0) return BL_OK;
     BL_TRY(bl_run_set_sampler(run, sampler));
-    bl_optimizer *opt = extra ? &run->extra_opt : &run->opt;
-    bl_params *params = extra ? &run->extra_params : &run->model->params;
-    bl_optim_config cfg = run->opt.cfg;
+    bl_optim_config cfg;
+    BL_TRY(bl_optim_config_from_config(run->config, &cfg));
     cfg.lr = lr;
-    if (!extra || run->has_extra_opt) bl_optimizer_free(opt);
-    BL_TRY(bl_optimizer_init(opt, params, cfg));
-    if (extra) run->has_extra_opt = true;
     /* The stage's own cosine, counted from its first epoch. Read at epoch + 1 (as the run reads its
-     * schedule with train.lr_at_epoch_start) it spans one more step, so that no epoch of the stage
+     * schedules with train.lr_at_epoch_start) it spans one more step, so that no epoch of the stage
      * runs at lr 0. */
-    const int first = run->epoch;
-    run->schedule = bl_schedule_cosine(lr, epochs + (run->lr_at_epoch_start ? 1 : 0), 0.0);
-    run->schedule_origin = first;
-    BL_TRY(bl_run_train_epochs(run, first, first + epochs));
-    return BL_OK;
+    const bool at_start = bl_config_bool(run->config, "train.lr_at_epoch_start");
+    return bl_run_reset_optimizer(run, optimizer, cfg, bl_schedule_cosine(lr, epochs + (at_start ? 1 : 0), 0.0));
 }

@@ -6,6 +6,7 @@
 #ifndef BALLAST_METHODS_LONGTAIL_H
 #define BALLAST_METHODS_LONGTAIL_H
 
+#include "ballast/error.h"
 #include "ballast/ops.h"
 #include "ballast/train.h"
 
@@ -90,20 +91,40 @@ int bl_lt_option_error(const bl_run *run, const char *key, const char *fmt, ...)
  * builds it; BL_ERR naming the key otherwise. */
 int bl_lt_check_sampler(const bl_run *run, const char *key, const char *kind);
 
+/* The model every long-tailed recipe trains: the config's model, registered as "model", with the
+ * run's optimizer ("model") over it. */
+bl_model *bl_lt_add_model(bl_run *run);
+
+/* A normalised classifier's start: weight U(-bound, bound), the bias (when the model has one) 0 and
+ * removed from training, for classifiers whose logits use only the weights' directions. */
+int bl_lt_reset_classifier_without_bias(bl_model *m, bl_rng *rng, double bound);
+
 /* Features of every image of `ds` (eval mode, no grad, normalisation only) as a persistent F32
  * (N, D) tensor the caller frees: the one forward pass a test-time parameter search needs. */
-bl_tensor *bl_lt_dataset_features(bl_run *run, const bl_dataset *ds);
+bl_tensor *bl_lt_dataset_features(bl_run *run, bl_model *model, const bl_dataset *ds);
 
 /* Mean over classes of per-class top-1 accuracy (classes without images left out): the accuracy a
  * class-balanced test set measures, so a parameter chosen with it on a validation split whose
  * tail classes are smaller still targets the balanced test distribution. logits (N, C). */
 double bl_lt_balanced_accuracy(const bl_tensor *logits, const bl_tensor *labels, int64_t classes);
 
-/* A second training stage (Decoupling's classifier re-training): `epochs` more epochs after the
- * main ones with a fresh optimizer state (the run's optimizer settings) at `lr`, decayed by a
- * cosine over the stage that reaches 0 just after its last epoch, drawing batches with
- * `sampler`. Trains whatever is unfrozen; the caller freezes. `extra` selects the optimizer of
- * run->extra_params instead of the model's. */
-int bl_lt_train_stage(bl_run *run, int epochs, double lr, const char *sampler, bool extra);
+/* A test-time parameter chosen on the validation split from the grid 0, step, ..., max, by the
+ * class-balanced accuracy `score` gives the validation features at each value (called under
+ * no-grad inside an arena scope). Every value is logged as {"type": record, parameter: v,
+ * "val_balanced_acc": a}, the choice as record + "_chosen"; ties keep the smaller value. */
+typedef struct {
+    const char *record, *parameter;
+    double max, step;
+    const char *needs_validation; /* the error when the run has no validation split */
+} bl_lt_grid;
+typedef double (*bl_lt_grid_score)(bl_run *run, void *user, const bl_tensor *features, double value);
+int bl_lt_grid_search(bl_run *run, bl_model *model, const bl_lt_grid *grid, bl_lt_grid_score score, void *user,
+                      double *best);
+
+/* The start of a classifier stage (Decoupling's second stage): batches drawn with `sampler`, and
+ * the optimizer `optimizer` restarted with the run's settings at `lr`, decayed by a cosine over the
+ * stage's `epochs` that reaches 0 just after its last epoch. Trains whatever is unfrozen; the
+ * caller freezes. */
+int bl_lt_begin_stage(bl_run *run, const char *optimizer, int epochs, double lr, const char *sampler);
 
 #endif

@@ -465,46 +465,45 @@ static void test_schedules_match_spec(void) {
     CHECK(c && opts && n > 10);
     if (!c || !opts) return;
     CHECK(bl_config_declare(c, NULL, opts, n) == BL_OK);
-    bl_run run;
-    memset(&run, 0, sizeof run);
-    CHECK(bl_schedule_from_config(c, &run.schedule) == BL_OK);
-    run.lr_at_epoch_start = bl_config_bool(c, "train.lr_at_epoch_start");
-    CHECK(run.lr_at_epoch_start);
+    bl_schedule sched;
+    CHECK(bl_schedule_from_config(c, &sched) == BL_OK);
+    bool at_start = bl_config_bool(c, "train.lr_at_epoch_start");
+    CHECK(at_start);
     /* 0-based epoch -> the spec's 1-based epochs 1..4, 5, 119, 120, 159, 160, 200 */
     const struct { int epoch; double lr; } want[] = {
         {0, 0.2 * (1.0 / 3 * 0.8 + 0.2)}, {1, 0.12}, {2, 0.2 * (1.0 / 3 * 0.4 + 0.6)}, {3, 0.2 * (1.0 / 3 * 0.2 + 0.8)},
         {4, 0.2}, {118, 0.2}, {119, 0.002}, {158, 0.002}, {159, 2e-5}, {199, 2e-5},
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
-        CHECK_CLOSE(bl_run_lr(&run, want[i].epoch), want[i].lr, 1e-9);
+        CHECK_CLOSE(bl_schedule_epoch_lr(&sched, want[i].epoch, 0, at_start), want[i].lr, 1e-9);
     /* the rounded values printed in the spec */
-    CHECK(fabs(bl_run_lr(&run, 0) - 0.0933) < 5e-5 && fabs(bl_run_lr(&run, 2) - 0.1467) < 5e-5 &&
-          fabs(bl_run_lr(&run, 3) - 0.1733) < 5e-5);
+    CHECK(fabs(bl_schedule_epoch_lr(&sched, 0, 0, at_start) - 0.0933) < 5e-5 && fabs(bl_schedule_epoch_lr(&sched, 2, 0, at_start) - 0.1467) < 5e-5 &&
+          fabs(bl_schedule_epoch_lr(&sched, 3, 0, at_start) - 0.1733) < 5e-5);
     bl_config_free(c);
 
     /* ImageNet-LT's cosine stepped at epoch start: lr(e) = 0.2 (1 + cos(pi e / 90)) / 2, e = 1..90 */
     c = bl_config_parse("train:\n  epochs: 90\n  lr: 0.2\n  schedule: cosine\n", "cos.yaml");
-    CHECK(c && bl_config_declare(c, NULL, opts, n) == BL_OK && bl_schedule_from_config(c, &run.schedule) == BL_OK);
+    CHECK(c && bl_config_declare(c, NULL, opts, n) == BL_OK && bl_schedule_from_config(c, &sched) == BL_OK);
     for (int e = 0; e < 90; e += 13)
-        CHECK_CLOSE(bl_run_lr(&run, e), 0.2 * (1 + cos(M_PI * (e + 1) / 90.0)) / 2, 1e-9);
-    CHECK(fabs(bl_run_lr(&run, 89)) < 1e-12);
+        CHECK_CLOSE(bl_schedule_epoch_lr(&sched, e, 0, at_start), 0.2 * (1 + cos(M_PI * (e + 1) / 90.0)) / 2, 1e-9);
+    CHECK(fabs(bl_schedule_epoch_lr(&sched, 89, 0, at_start)) < 1e-12);
     bl_config_free(c);
 
     /* multistep read at the epoch itself (torch's current convention) */
     c = bl_config_parse("train:\n  lr: 0.1\n  schedule: multistep\n  milestones: [2, 4]\n  gamma: 0.1\n"
                         "  lr_at_epoch_start: false\n",
                         "ms.yaml");
-    CHECK(c && bl_config_declare(c, NULL, opts, n) == BL_OK && bl_schedule_from_config(c, &run.schedule) == BL_OK);
-    run.lr_at_epoch_start = c && bl_config_bool(c, "train.lr_at_epoch_start");
-    CHECK(!run.lr_at_epoch_start);
+    CHECK(c && bl_config_declare(c, NULL, opts, n) == BL_OK && bl_schedule_from_config(c, &sched) == BL_OK);
+    at_start = c && bl_config_bool(c, "train.lr_at_epoch_start");
+    CHECK(!at_start);
     const double ms_want[] = {0.1, 0.1, 0.01, 0.01, 0.001};
-    for (int e = 0; e < 5; e++) CHECK_CLOSE(bl_run_lr(&run, e), ms_want[e], 1e-12);
+    for (int e = 0; e < 5; e++) CHECK_CLOSE(bl_schedule_epoch_lr(&sched, e, 0, at_start), ms_want[e], 1e-12);
     bl_config_free(c);
 
     /* an unknown schedule name is an error naming the key */
     c = bl_config_parse("train:\n  schedule: triangular\n", "bad.yaml");
     CHECK(c && bl_config_declare(c, NULL, opts, n) == BL_OK);
-    CHECK(bl_schedule_from_config(c, &run.schedule) == BL_ERR && strstr(bl_last_error(), "train.schedule"));
+    CHECK(bl_schedule_from_config(c, &sched) == BL_ERR && strstr(bl_last_error(), "train.schedule"));
     bl_clear_error();
     bl_config_free(c);
 }

@@ -448,21 +448,27 @@ static bl_dataset small_dataset(int64_t n) {
     return ds;
 }
 
+/* The row indices of the last drained epoch, in batch order. */
+static int64_t drained_index[64];
+
 /* Concatenates an epoch's batches into caller-owned arrays; returns the number of batches. A
  * consumer delay varies the timing between the caller and the loader thread. */
 static int64_t drain_epoch(bl_loader *l, int epoch, float *xs, int64_t *ys, int64_t *rows_seen, int delay_us) {
     bl_loader_start_epoch(l, epoch, 4);
     int64_t batches = 0, rows = 0;
-    bl_tensor *x, *y;
     for (;;) {
         bl_scope s = bl_scope_begin();
-        if (!bl_loader_next(l, &x, &y)) {
+        bl_batch b;
+        if (!bl_loader_next(l, &b)) {
             bl_scope_end(s);
             break;
         }
-        CHECK(!x->persistent && x->dtype == BL_F32 && y->dtype == BL_I64);
+        bl_tensor *x = bl_batch_get(&b, "x"), *y = bl_batch_get(&b, "y"), *index = bl_batch_get(&b, "index");
+        CHECK(x && y && index && b.size == x->shape[0]);
+        CHECK(!x->persistent && x->dtype == BL_F32 && y->dtype == BL_I64 && index->dtype == BL_I64);
         memcpy(xs + rows * 90, x->data, bl_nbytes(x));
         memcpy(ys + rows, y->data, bl_nbytes(y));
+        if (rows + b.size <= 64) memcpy(drained_index + rows, index->data, bl_nbytes(index));
         rows += x->shape[0];
         batches++;
         if (delay_us) usleep((useconds_t)(delay_us * (batches % 3)));
@@ -567,6 +573,7 @@ static void test_loader_determinism(void) {
             bl_rng r = bl_augment_stream(77, epoch, i);
             bl_augment_image(&a, (uint8_t *)ds.images->data + order[i] * 90, 3, 6, 5, &r, ref + i * 90);
             labels_ok = labels_ok && y1[i] == ((int64_t *)ds.labels->data)[order[i]];
+            labels_ok = labels_ok && (i >= 64 || drained_index[i] == order[i]); /* l2 drained last, same order */
         }
         CHECK(labels_ok && memcmp(x1, ref, sizeof x1) == 0, "epoch %d: batches are not the expected transforms", epoch);
         if (epoch == 0) memcpy(x3, x1, sizeof x1);
@@ -576,9 +583,9 @@ static void test_loader_determinism(void) {
     bl_loader *l3 = bl_loader_create(&ds, s1, B, false, &a, 78);
     drain_epoch(l3, 1, x3, y2, &rows2, 0);
     CHECK(memcmp(x3, x1, sizeof x1) != 0, "another seed, other batches");
-    bl_tensor *x, *y;
+    bl_batch b;
     bl_loader_start_epoch(l2, 0, 4);
-    CHECK(bl_loader_next(l2, &x, &y));
+    CHECK(bl_loader_next(l2, &b));
     CHECK(drain_epoch(l2, 1, x2, y2, &rows2, 0) == 5 && memcmp(x2, x1, sizeof x1) == 0);
     bl_loader_free(l1);
     bl_loader_free(l2);
@@ -586,9 +593,11 @@ static void test_loader_determinism(void) {
     /* sequential order, no augmentation, drop_last */
     bl_loader *plain = bl_loader_create(&ds, NULL, B, true, NULL, 0);
     CHECK(bl_loader_batches(plain) == 4);
-    CHECK(!bl_loader_next(plain, &x, &y) && strstr(bl_last_error(), "start_epoch"));
+    CHECK(!bl_loader_next(plain, &b) && strstr(bl_last_error(), "start_epoch"));
     bl_clear_error();
     CHECK(drain_epoch(plain, 0, x1, y1, &rows1, 0) == 4 && rows1 == 32);
+    /* sequential order: the batch's "index" field counts the rows */
+    for (int64_t i = 0; i < 32; i++) CHECK(drained_index[i] == i, "row %lld has index %lld", (long long)i, (long long)drained_index[i]);
     CHECK_CLOSE(x1[31 * 90 + 7], ((uint8_t *)ds.images->data)[31 * 90 + 7] / 255.0, 1e-6);
     CHECK(y1[21] == ((int64_t *)ds.labels->data)[21]);
     bl_loader_free(plain);
@@ -615,9 +624,9 @@ static void test_loader_hook_error(void) {
     a.hook_user = &calls;
     bl_loader *l = bl_loader_create(&ds, NULL, 8, false, &a, 0);
     bl_loader_start_epoch(l, 0, 1);
-    bl_tensor *x, *y;
-    CHECK(bl_loader_next(l, &x, &y) && bl_get_flat(x, 90) == 99.0);
-    CHECK(!bl_loader_next(l, &x, &y) && strstr(bl_last_error(), "hook refused image"), "%s", bl_last_error());
+    bl_batch b;
+    CHECK(bl_loader_next(l, &b) && bl_get_flat(bl_batch_get(&b, "x"), 90) == 99.0);
+    CHECK(!bl_loader_next(l, &b) && strstr(bl_last_error(), "hook refused image"), "%s", bl_last_error());
     bl_loader_free(l);
     bl_dataset_free(&ds);
 }

@@ -6,13 +6,13 @@
 #include "test.h"
 
 #include "../methods/longtail.h"
+#include "../methods/recipes.h"
+#include "train/train_internal.h"
 #include "ballast/io.h"
 #include "ballast/train.h"
 
 #include <dirent.h>
 #include <stdlib.h>
-#include <unistd.h>
-
 #include <unistd.h>
 
 static bl_tensor *tensor2(bl_dtype dt, int64_t rows, int64_t cols, const double *values) {
@@ -300,7 +300,7 @@ static void test_configs_validate(void) {
             CHECK(bl_config_declare(c, NULL, trainer, n_trainer) == BL_OK, "%s", path);
             const char *method_name = bl_config_string(c, "method.name");
             if (method_name && strcmp(method_name, "ce") != 0) {
-                const bl_method *m = bl_method_find(method_name);
+                const bl_recipe *m = bl_recipe_find(method_name);
                 CHECK(m != NULL, "%s", path);
                 if (m) CHECK(bl_config_declare(c, "method.", m->options, m->n_options) == BL_OK, "%s", path);
                 CHECK(bl_config_check_unknown(c) == BL_OK, "%s", path);
@@ -323,7 +323,35 @@ static void test_configs_validate(void) {
 
 static char temp_root[] = "/tmp/ballast_methods_XXXXXX";
 
-static void test_setup(void) { CHECK(mkdtemp(temp_root) != NULL); }
+static void test_setup(void) {
+    CHECK(mkdtemp(temp_root) != NULL);
+    CHECK(bl_recipes_register_builtin() == BL_OK);
+}
+
+static bl_model *model_of(const bl_run *run) { return bl_run_model(run, "model"); }
+
+/* The recipe's evaluation output for images x (eval mode, no grad by the caller). */
+static bl_tensor *predict_x(bl_run *run, bl_tensor *x) {
+    bl_batch b = {.size = x->shape[0]};
+    bl_batch_set(&b, "x", x, NULL);
+    return run->recipe->predict(run, run->recipe_state, &b);
+}
+
+/* The loss one training step of the recipe reports on (x, y), mixed with `partner` at weight lam
+ * when partner is given, taken with every learning rate at 0 so that no weight moves. *mixed
+ * (may be NULL) says whether the loss took the mixing. NAN when the step fails. */
+static double step_loss(bl_run *run, bl_tensor *x, bl_tensor *y, bl_tensor *partner, double lam, bool *mixed) {
+    bl_batch b = {.size = x->shape[0], .mix_lam = lam};
+    bl_batch_set(&b, "x", x, NULL);
+    bl_batch_set(&b, "y", bl_contiguous(y), NULL);
+    if (partner) bl_batch_set(&b, "y_mix", partner, NULL);
+    for (int i = 0; i < run->registry->n_optimizers; i++) run->registry->optimizers[i]->opt.cfg.lr = 0;
+    double loss = NAN;
+    bl_run_set_training(run, true);
+    if (run->recipe->step(run, run->recipe_state, &b, &loss) != BL_OK) return NAN;
+    if (mixed) *mixed = b.mix_used;
+    return loss;
+}
 
 static void test_cleanup(void) {
     if (getenv("KEEPTMP")) return;
@@ -415,7 +443,7 @@ static const char *short_second_stage(const char *method, const char *options) {
 /* Every registered method: 6 epochs on the small problem; the mean loss of the last main epoch is
  * clearly below the first's, and the final evaluation beats chance (0.25). */
 static void test_smoke_every_method(void) {
-    const char *const *names = bl_method_names();
+    const char *const *names = bl_recipe_names();
     int count = 0;
     for (const char *const *name = names; *name; name++, count++) {
         const char *options = short_second_stage(*name, "stage2_epochs: 2");
@@ -431,21 +459,22 @@ static void test_smoke_every_method(void) {
         CHECK(top1 > 0.4, "%s: test top-1 %g", *name, top1);
         /* The final checkpoint holds everything the method's evaluation needs (buffers, extra
          * parameters): the run reopened from its directory predicts exactly as the trained one. */
-        bl_metrics trained, reopened_metrics;
+        bl_evaluator trained, reopened_eval;
         CHECK(bl_run_evaluate(run, &run->test, &trained) == BL_OK, "%s", *name);
         char dir[512];
         snprintf(dir, sizeof dir, "%s", run->dir);
         bl_run_free(run);
         bl_run *reopened = bl_run_open(dir, NULL, 0);
-        CHECK(reopened && bl_run_evaluate(reopened, &reopened->test, &reopened_metrics) == BL_OK, "%s", *name);
+        CHECK(reopened && bl_run_evaluate(reopened, &reopened->test, &reopened_eval) == BL_OK, "%s", *name);
         if (reopened) {
-            bool same = true;
-            for (int64_t k = 0; k < 16; k++) same &= trained.confusion[k] == reopened_metrics.confusion[k];
+            const bl_metrics *a = bl_evaluator_classification(&trained), *b = bl_evaluator_classification(&reopened_eval);
+            bool same = a && b;
+            for (int64_t k = 0; same && k < 16; k++) same &= a->confusion[k] == b->confusion[k];
             CHECK(same, "%s: the reopened run predicts differently", *name);
-            bl_metrics_free(&reopened_metrics);
+            bl_evaluator_free(&reopened_eval);
         }
         bl_run_free(reopened);
-        bl_metrics_free(&trained);
+        bl_evaluator_free(&trained);
         bl_clear_error();
     }
     CHECK(count == 11, "%d methods registered", count);
@@ -482,7 +511,7 @@ static void test_recipe_losses(void) {
         bl_run *run = smoke_run(recipes[r], r == 1 ? "beta: 0.99" : "", 6, tag);
         CHECK(run != NULL, "%s", recipes[r]);
         if (!run) continue;
-        bl_model *m = run->model;
+        bl_model *m = model_of(run);
         const int64_t n = 8, classes = 4, *counts = run->class_counts;
         bl_tensor *x = bl_images_to_float(bl_slice(run->test.images, 0, 0, n, 1), run->augment.mean, run->augment.std);
         bl_tensor *y = bl_slice(run->test.labels, 0, 0, n, 1);
@@ -501,7 +530,7 @@ static void test_recipe_losses(void) {
                 for (int64_t c = 0; c < classes; c++) lse += exp(z[c] - mx);
                 want += mx + log(lse) - z[(int64_t)bl_get_flat(y, i)];
             }
-            CHECK_CLOSE(bl_item(run->method->loss(run, run->method_state, x, y)), want / n, 1e-5);
+            CHECK_CLOSE(step_loss(run, x, y, NULL, 1, NULL), want / n, 1e-5);
         } else if (r == 1 || r == 3) {
             /* mean over the batch of w_y * CE (w = 1 for focal with its gamma 1 factor) */
             double w[4];
@@ -513,7 +542,7 @@ static void test_recipe_losses(void) {
                 double lp = bl_get_flat(logp, i * classes + t);
                 want += r == 1 ? -w[t] * lp : -(1 - exp(lp)) * lp;
             }
-            CHECK_CLOSE(bl_item(run->method->loss(run, run->method_state, x, y)), want / n, 1e-5);
+            CHECK_CLOSE(step_loss(run, x, y, NULL, 1, NULL), want / n, 1e-5);
         } else {
             /* LDAM: unweighted before the deferred epoch (round(0.8 * 6) = 5), weighted from it on */
             double margins[4], w[4];
@@ -535,8 +564,8 @@ static void test_recipe_losses(void) {
                 weight_sum += w[t];
             }
             for (int epoch = 0; epoch < 6; epoch++) {
-                CHECK(run->method->epoch_begin(run, run->method_state, epoch) == BL_OK);
-                double got = bl_item(run->method->loss(run, run->method_state, x, y));
+                CHECK(run->recipe->epoch_begin(run, run->recipe_state, epoch) == BL_OK);
+                double got = step_loss(run, x, y, NULL, 1, NULL);
                 if (epoch < 5) CHECK_CLOSE(got, plain / n, 1e-5);
                 else CHECK_CLOSE(got, weighted / weight_sum, 1e-5);
             }
@@ -556,7 +585,7 @@ static void test_mixed_losses(void) {
         bl_run *run = smoke_run(recipes[r], "", 2, tag);
         CHECK(run != NULL, "%s", recipes[r]);
         if (!run) continue;
-        bl_model *m = run->model;
+        bl_model *m = model_of(run);
         const int64_t n = 8;
         bl_tensor *x = bl_images_to_float(bl_slice(run->test.images, 0, 0, n, 1), run->augment.mean, run->augment.std);
         bl_tensor *y = bl_contiguous(bl_slice(run->test.labels, 0, 0, n, 1));
@@ -576,30 +605,27 @@ static void test_mixed_losses(void) {
             other = bl_item(bl_lt_ldam_loss(cosines, partner, mv, 30, NULL));
         }
         CHECK(fabs(own - other) > 1e-3, "the partner labels change the loss");
-        run->mix.partner = partner;
-        run->mix.lam = 0.3;
-        run->mix.applied = false;
-        double mixed = bl_item(run->method->loss(run, run->method_state, x, y));
+        bool applied = false;
+        double mixed = step_loss(run, x, y, partner, 0.3, &applied);
         CHECK_CLOSE(mixed, 0.3 * own + 0.7 * other, 1e-5);
-        CHECK(run->mix.applied, "%s: the loss took the mixing", recipes[r]);
-        run->mix.partner = NULL;
+        CHECK(applied, "%s: the loss took the mixing", recipes[r]);
         bl_run_free(run);
     }
-    for (const char *const *name = bl_method_names(); *name; name++) {
+    for (const char *const *name = bl_recipe_names(); *name; name++) {
         const char *options = short_second_stage(*name, "stage2_epochs: 1");
         char tag[64];
         snprintf(tag, sizeof tag, "mixing_%s", *name);
         bl_run *run = smoke_run(*name, options, 2, tag);
         CHECK(run != NULL, "%s", *name);
         if (!run) continue;
-        run->mix.args = (bl_mix_args){0.4, 1.0, 1.0};
+        run->registry->mix = (bl_mix_args){0.4, 1.0, 1.0};
         CHECK(bl_run_train(run) == BL_OK, "%s: %s", *name, bl_last_error());
         bl_clear_error();
         if (strcmp(*name, "ce") == 0) {
             /* the mixing reached the batches: the same run without it ends elsewhere */
             bl_run *plain = smoke_run("ce", "", 2, "mixing_none");
             CHECK(plain && bl_run_train(plain) == BL_OK);
-            if (plain) CHECK(test_max_rel_diff(plain->model->classifier.weight, run->model->classifier.weight) > 1e-3);
+            if (plain) CHECK(test_max_rel_diff(model_of(plain)->classifier.weight, model_of(run)->classifier.weight) > 1e-3);
             bl_run_free(plain);
         }
         bl_run_free(run);
@@ -615,20 +641,23 @@ static void test_decoupled_stages_freeze(void) {
         bl_run *run = smoke_run(recipes[r], "stage2_epochs: 4, stage2_lr: 0.1", 3, r ? "lws_freeze" : "crt_freeze");
         CHECK(run != NULL);
         if (!run) continue;
-        CHECK(bl_run_train_epochs(run, 0, 3) == BL_OK);
-        bl_model *m = run->model;
-        bl_tensor *conv = bl_model_param(m, "features.0.weight"), *norm = bl_model_param(m, "features.1.weight");
-        bl_tensor *before_conv = test_copy(conv), *before_norm = test_copy(norm);
-        bl_tensor *before_fc = test_copy(m->classifier.weight);
-        run->stage = 1;
-        CHECK(run->method->after_training(run, run->method_state) == BL_OK, "%s", recipes[r]);
-        CHECK(test_max_rel_diff(conv, before_conv) == 0 && test_max_rel_diff(norm, before_norm) == 0,
-              "%s: backbone unchanged", recipes[r]);
-        double fc_change = test_max_rel_diff(m->classifier.weight, before_fc);
+        CHECK(bl_run_train(run) == BL_OK, "%s", recipes[r]);
+        /* stage one's end is a checkpoint (the resume point between the phases) */
+        char path[700];
+        snprintf(path, sizeof path, "%s/checkpoints/epoch_0003/model.safetensors", run->dir);
+        bl_safetensors stage_one;
+        CHECK(bl_safetensors_load(path, &stage_one) == BL_OK, "%s", path);
+        bl_model *m = model_of(run);
+        const char *backbone[] = {"features.0.weight", "features.1.weight", "features.1.bias"};
+        for (int i = 0; i < 3; i++)
+            CHECK(test_max_rel_diff(bl_model_param(m, backbone[i]), bl_safetensors_get(&stage_one, backbone[i])) == 0,
+                  "%s: %s unchanged by stage two", recipes[r], backbone[i]);
+        double fc_change = test_max_rel_diff(m->classifier.weight, bl_safetensors_get(&stage_one, "classifier.weight"));
+        bl_safetensors_free(&stage_one);
         if (r == 0) CHECK(fc_change > 1e-3, "crt retrains the classifier (%g)", fc_change);
         if (r == 1) {
             CHECK(fc_change == 0, "lws keeps the classifier (%g)", fc_change);
-            bl_tensor *scales = bl_params_find(&run->extra_params, "lws.scales");
+            bl_tensor *scales = bl_params_find(bl_run_params(run, "lws"), "lws.scales");
             double moved = 0;
             for (int64_t c = 0; scales && c < bl_numel(scales); c++) moved += fabs(bl_get_flat(scales, c) - 1);
             CHECK(scales && moved > 1e-3, "lws learns its scales (%g)", moved);
@@ -650,7 +679,7 @@ static void test_deconfound_tde_run(void) {
     CHECK(run != NULL);
     if (!run) return;
     CHECK(bl_run_train(run) == BL_OK);
-    bl_model *m = run->model;
+    bl_model *m = model_of(run);
     bl_tensor *d = bl_model_param(m, "tde.head_direction"), *alpha = bl_model_param(m, "tde.alpha");
     CHECK(d && alpha && d->shape[0] == 32);
     if (!d || !alpha) return;
@@ -667,7 +696,7 @@ static void test_deconfound_tde_run(void) {
     m->training = false;
     bl_tensor *got = NULL, *want = NULL;
     BL_NO_GRAD {
-        got = run->method->logits(run, run->method_state, x);
+        got = predict_x(run, x);
         want = bl_lt_tde_logits(bl_model_features(m, x), m->classifier.weight, d, 2, 16.0, 1.0 / 32, bl_item(alpha));
     }
     CHECK(got && want && test_max_rel_diff(got, want) < 1e-6);
@@ -684,8 +713,9 @@ static void test_deconfound_tde_run(void) {
     }
     CHECK_CLOSE(logged, (double)hits / (double)n_test, 1e-6);
 
-    bl_metrics trained;
-    CHECK(bl_run_evaluate(run, &run->test, &trained) == BL_OK);
+    bl_evaluator trained_eval;
+    CHECK(bl_run_evaluate(run, &run->test, &trained_eval) == BL_OK);
+    const bl_metrics trained = *bl_evaluator_classification(&trained_eval);
     char dir[512];
     snprintf(dir, sizeof dir, "%s", run->dir);
     double stored_alpha = bl_item(alpha);
@@ -694,11 +724,12 @@ static void test_deconfound_tde_run(void) {
     bl_run *reopened = bl_run_open(dir, NULL, 0);
     CHECK(reopened != NULL);
     if (reopened) {
-        CHECK_CLOSE(bl_item(bl_model_param(reopened->model, "tde.alpha")), stored_alpha, 1e-7);
-        bl_metrics again;
+        CHECK_CLOSE(bl_item(bl_model_param(model_of(reopened), "tde.alpha")), stored_alpha, 1e-7);
+        bl_evaluator again;
         CHECK(bl_run_evaluate(reopened, &reopened->test, &again) == BL_OK);
-        for (int64_t k = 0; k < 16; k++) CHECK(again.confusion[k] == trained.confusion[k], "confusion[%lld]", (long long)k);
-        bl_metrics_free(&again);
+        for (int64_t k = 0; k < 16; k++)
+            CHECK(bl_evaluator_classification(&again)->confusion[k] == trained.confusion[k], "confusion[%lld]", (long long)k);
+        bl_evaluator_free(&again);
         bl_run_free(reopened);
     }
     /* Evaluation overrides: alpha = 0 reproduces the logged De-confound accuracy; a key the weights
@@ -707,12 +738,12 @@ static void test_deconfound_tde_run(void) {
     reopened = bl_run_open(dir, alpha0, 1);
     CHECK(reopened != NULL);
     if (reopened) {
-        bl_metrics plain;
+        bl_evaluator plain;
         CHECK(bl_run_evaluate(reopened, &reopened->test, &plain) == BL_OK);
         int64_t correct = 0;
-        for (int64_t k = 0; k < 4; k++) correct += plain.confusion[k * 4 + k];
+        for (int64_t k = 0; k < 4; k++) correct += bl_evaluator_classification(&plain)->confusion[k * 4 + k];
         CHECK_CLOSE((double)correct / (double)n_test, logged, 1e-6);
-        bl_metrics_free(&plain);
+        bl_evaluator_free(&plain);
         bl_run_free(reopened);
     }
     /* and any other alpha: the evaluation logits are the TDE formula at the overriding value */
@@ -720,9 +751,9 @@ static void test_deconfound_tde_run(void) {
     reopened = bl_run_open(dir, alpha_2_5, 1);
     CHECK(reopened != NULL);
     if (reopened) {
-        bl_model *rm = reopened->model;
+        bl_model *rm = model_of(reopened);
         BL_NO_GRAD {
-            got = reopened->method->logits(reopened, reopened->method_state, x);
+            got = predict_x(reopened, x);
             want = bl_lt_tde_logits(bl_model_features(rm, x), rm->classifier.weight,
                                     bl_model_param(rm, "tde.head_direction"), 2, 16.0, 1.0 / 32, 2.5);
         }
@@ -731,7 +762,7 @@ static void test_deconfound_tde_run(void) {
     }
     CHECK(bl_run_open(dir, trained_with, 1) == NULL && strstr(bl_last_error(), "train.lr=0.1"), "%s", bl_last_error());
     bl_clear_error();
-    bl_metrics_free(&trained);
+    bl_evaluator_free(&trained_eval);
 
     /* A fixed alpha is used as is, nothing is searched: alpha 0 gives the causal-norm logits. */
     run = smoke_run("deconfound_tde", "alpha: 0", 2, "deconfound");
@@ -739,10 +770,10 @@ static void test_deconfound_tde_run(void) {
     if (!run) return;
     CHECK(bl_run_train(run) == BL_OK);
     CHECK(count_records(run->dir, "\"tde_alpha\"") == 0);
-    m = run->model;
+    m = model_of(run);
     m->training = false;
     BL_NO_GRAD {
-        got = run->method->logits(run, run->method_state, x);
+        got = predict_x(run, x);
         want = bl_lt_causal_norm_logits(bl_model_features(m, x), m->classifier.weight, 2, 16.0, 1.0 / 32);
     }
     CHECK(got && want && test_max_rel_diff(got, want) < 1e-6);
@@ -756,14 +787,14 @@ static void test_posthoc_logits(void) {
     CHECK(run != NULL);
     if (!run) return;
     CHECK(bl_run_train(run) == BL_OK);
-    bl_model *m = run->model;
+    bl_model *m = model_of(run);
     bl_tensor *tau = bl_model_param(m, "tau_norm.tau");
     CHECK(tau && bl_item(tau) >= 0 && bl_item(tau) <= 2);
     CHECK(count_records(run->dir, "\"tau_norm\"") == 5);
     bl_tensor *x = bl_images_to_float(bl_slice(run->test.images, 0, 0, 4, 1), run->augment.mean, run->augment.std);
     m->training = false;
     BL_NO_GRAD {
-        bl_tensor *got = run->method->logits(run, run->method_state, x);
+        bl_tensor *got = predict_x(run, x);
         bl_tensor *features = bl_model_features(m, x);
         /* reference: each class weight divided by its norm to the power tau, by hand */
         bl_tensor *w = test_copy(m->classifier.weight);
@@ -781,9 +812,9 @@ static void test_posthoc_logits(void) {
     CHECK(run != NULL);
     if (!run) return;
     x = bl_images_to_float(bl_slice(run->test.images, 0, 0, 4, 1), run->augment.mean, run->augment.std);
-    run->model->training = false;
+    model_of(run)->training = false;
     BL_NO_GRAD {
-        bl_tensor *got = run->method->logits(run, run->method_state, x), *plain = bl_model_forward(run->model, x);
+        bl_tensor *got = predict_x(run, x), *plain = bl_model_forward(model_of(run), x);
         int64_t total = 0;
         for (int64_t c = 0; c < 4; c++) total += run->class_counts[c];
         for (int64_t i = 0; got && i < 4; i++)

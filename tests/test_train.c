@@ -4,6 +4,7 @@
  * opening a finished run for evaluation, the second-stage mechanisms (frozen backbone, another
  * sampler), the errors (unknown key, missing data, existing run, non-finite loss) and the
  * progress display. */
+#include "../methods/recipes.h"
 #include "ballast/train.h"
 
 #include "train/train_internal.h"
@@ -63,6 +64,7 @@ static const char *base_config =
     "  name: ce\n";
 
 static bl_run *make_run(const char *dir, bool resume, const char *const *overrides, int n_overrides) {
+    if (bl_recipes_register_builtin() != BL_OK) return NULL;
     bl_config *c = bl_config_parse(base_config, "tiny.yaml");
     if (!c) return NULL;
     char out[600];
@@ -141,7 +143,7 @@ static void test_tiny_run_end_to_end(void) {
     CHECK(losses[3] < 0.7 * losses[0], "loss %.4f -> %.4f", losses[0], losses[3]);
     const char *files[] = {"config.yaml", "log.jsonl", "checkpoint.json", "results.json", "split_train.idx",
                            "split_val.idx", "checkpoints/epoch_0001/model.safetensors",
-                           "checkpoints/epoch_0004/optimizer.safetensors", "checkpoints/final/model.safetensors",
+                           "checkpoints/epoch_0004/model.optimizer.safetensors", "checkpoints/final/model.safetensors",
                            "checkpoints/final/state.json"};
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) CHECK(exists(d, files[i]), "%s", files[i]);
     CHECK(count_lines_with(d, "\"eval\":\"val\"") == 5); /* every epoch, and the final evaluation */
@@ -159,14 +161,16 @@ static void test_tiny_run_end_to_end(void) {
         CHECK(opened, "%s", paths[i]);
         if (!opened) continue;
         CHECK(opened->epoch == 4 && opened->log == NULL);
-        bl_metrics m;
-        bl_metrics_summary s;
-        CHECK(bl_run_evaluate(opened, &opened->test, &m) == BL_OK);
-        CHECK(bl_metrics_summarize(&m, opened->class_counts, &s) == BL_OK);
+        bl_evaluator e;
+        bl_metrics_summary s = {0};
+        CHECK(bl_run_evaluate(opened, &opened->test, &e) == BL_OK);
+        bl_metrics *m = bl_evaluator_classification(&e);
+        CHECK(m && bl_metrics_summarize(m, opened->class_counts, &s) == BL_OK);
         top1[i] = s.top1;
+        CHECK(bl_evaluator_metric(&e, "top1") == s.top1, "the evaluator's primary metric is the summary's top-1");
         CHECK(s.count == 64 && s.n_many == 0 && s.n_medium == 3 && s.n_few == 1, "groups %lld/%lld/%lld",
               (long long)s.n_many, (long long)s.n_medium, (long long)s.n_few);
-        bl_metrics_free(&m);
+        bl_evaluator_free(&e);
         bl_run_free(opened);
     }
     CHECK(top1[0] > 0.6 && top1[0] == top1[1], "top-1 %.4f / %.4f", top1[0], top1[1]);
@@ -227,13 +231,15 @@ static void test_resume_reproduces_uninterrupted_run(void) {
     CHECK(run && bl_run_train(run) == BL_OK);
     bl_run_free(run);
 
-    /* the same run stopped after 2 epochs (as if killed), then continued with resume */
-    run = make_run(b, false, over, 7);
-    CHECK(run && bl_run_train_epochs(run, 0, 2) == BL_OK);
-    bl_run_free(run);
-    snprintf(fa, sizeof fa, "%s/checkpoints/epoch_0002/model.safetensors", a);
-    snprintf(fb, sizeof fb, "%s/checkpoints/epoch_0002/model.safetensors", b);
-    CHECK(same_weights(fa, fb)); /* the same seed gives the same run */
+    /* the same run killed after 2 epochs: its directory as the crash leaves it (the config, the
+     * split, the epoch-2 checkpoint and the pointer to it), then continued with resume */
+    char command[3000];
+    snprintf(command, sizeof command,
+             "mkdir -p '%s/checkpoints' && cp '%s/split_train.idx' '%s/' && cp -r '%s/checkpoints/epoch_0002' "
+             "'%s/checkpoints/' && sed 's|%s|%s|' '%s/config.yaml' > '%s/config.yaml' && "
+             "printf '{\"latest\":\"checkpoints/epoch_0002\"}' > '%s/checkpoint.json'",
+             b, a, b, a, b, a, b, a, b, b);
+    CHECK(system(command) == 0, "%s", command);
     run = make_run(b, true, over, 7);
     CHECK(run && run->epoch == 2 && run->step == 2 * 8);
     CHECK(run && bl_run_train(run) == BL_OK);
@@ -241,37 +247,60 @@ static void test_resume_reproduces_uninterrupted_run(void) {
     snprintf(fa, sizeof fa, "%s/checkpoints/final/model.safetensors", a);
     snprintf(fb, sizeof fb, "%s/checkpoints/final/model.safetensors", b);
     CHECK(same_weights(fa, fb));
-    snprintf(fa, sizeof fa, "%s/checkpoints/final/optimizer.safetensors", a);
-    snprintf(fb, sizeof fb, "%s/checkpoints/final/optimizer.safetensors", b);
+    snprintf(fa, sizeof fa, "%s/checkpoints/final/model.optimizer.safetensors", a);
+    snprintf(fb, sizeof fb, "%s/checkpoints/final/model.optimizer.safetensors", b);
     CHECK(same_weights(fa, fb));
     CHECK(count_lines_with(b, "\"resume\":2") == 1);
-    /* and the check can fail: an epoch-1 checkpoint differs from the final weights */
-    snprintf(fb, sizeof fb, "%s/checkpoints/epoch_0001/model.safetensors", b);
+    /* and the check can fail: an earlier checkpoint differs from the final weights */
+    snprintf(fb, sizeof fb, "%s/checkpoints/epoch_0002/model.safetensors", b);
     snprintf(fa, sizeof fa, "%s/checkpoints/final/model.safetensors", a);
     CHECK(!same_weights(fa, fb));
 }
 
 /* What two-stage methods (cRT, LWS) build on: a frozen backbone keeps every weight but the
  * classifier's, and the sampler can be swapped for a second stage. */
+/* One pass over the training loader through the recipe's step, as the trainer's epoch does. */
+static int train_one_epoch(bl_run *run, int epoch) {
+    bl_loader *l = run->registry->loader;
+    BL_TRY(bl_loader_start_epoch(l, epoch, 8));
+    int rc = BL_OK;
+    for (;;) {
+        bl_scope scope = bl_scope_begin();
+        bl_batch b;
+        bool more = bl_loader_next(l, &b);
+        double loss;
+        if (more) {
+            bl_run_set_training(run, true);
+            rc = run->recipe->step(run, run->recipe_state, &b, &loss);
+        }
+        bl_scope_end(scope);
+        if (!more || rc != BL_OK) return rc;
+    }
+}
+
 static void test_second_stage_mechanisms(void) {
     char d[512];
     snprintf(d, sizeof d, "%s", scratch("stages"));
     const char *over[] = {"train.epochs=1"};
     bl_run *run = make_run(d, false, over, 1);
-    CHECK(run && bl_run_train_epochs(run, 0, 1) == BL_OK);
+    CHECK(run && train_one_epoch(run, 0) == BL_OK);
     if (!run) return;
-    bl_params *ps = &run->model->params;
+    bl_model *m = bl_run_model(run, "model");
+    bl_params *ps = &m->params;
     float *before = malloc(ps->numel * sizeof *before);
     memcpy(before, ps->data, ps->numel * sizeof *before);
     /* the classifier's weight and bias, as ranges of the parameter block */
-    bl_tensor *fc = run->model->classifier.weight, *fc_bias = run->model->classifier.bias;
+    bl_tensor *fc = m->classifier.weight, *fc_bias = m->classifier.bias;
     size_t fc_at = (size_t)((float *)fc->data - ps->data), fc_n = (size_t)bl_numel(fc);
     size_t bias_at = (size_t)((float *)fc_bias->data - ps->data), bias_n = (size_t)bl_numel(fc_bias);
-    CHECK(bl_run_freeze_backbone(run, true) == BL_OK);
+    CHECK(bl_run_freeze(run, "model", true, true) == BL_OK);
     CHECK(bl_run_set_sampler(run, "class_balanced") == BL_OK);
-    run->schedule = bl_schedule_constant(0.01);
-    run->schedule_origin = 1;
-    CHECK(bl_run_train_epochs(run, 1, 2) == BL_OK);
+    bl_optim_config cfg;
+    CHECK(bl_optim_config_from_config(run->config, &cfg) == BL_OK);
+    CHECK(bl_run_reset_optimizer(run, "model", cfg, bl_schedule_constant(0.01)) == BL_OK);
+    CHECK(bl_run_optimizer(run, "model")->step == 0, "a reset optimizer starts afresh");
+    bl_run_optimizer(run, "model")->cfg.lr = 0.01;
+    CHECK(train_one_epoch(run, 1) == BL_OK);
     size_t changed_backbone = 0, changed_fc = 0;
     for (size_t i = 0; i < ps->numel; i++) {
         bool in_fc = (i >= fc_at && i < fc_at + fc_n) || (i >= bias_at && i < bias_at + bias_n);
@@ -281,11 +310,12 @@ static void test_second_stage_mechanisms(void) {
     }
     CHECK(changed_backbone == 0 && changed_fc > fc_n / 2, "backbone %zu changed, classifier %zu", changed_backbone,
           changed_fc);
-    CHECK(strcmp(bl_sampler_kind(run->sampler), "class_balanced") == 0);
+    CHECK(strcmp(bl_sampler_kind(run->registry->sampler), "class_balanced") == 0);
+    CHECK(!m->training || !run->registry->models[0]->frozen, "a frozen model trains in eval mode");
     /* unfreezing trains everything again */
-    CHECK(bl_run_freeze_backbone(run, false) == BL_OK);
+    CHECK(bl_run_freeze(run, "model", false, true) == BL_OK);
     memcpy(before, ps->data, ps->numel * sizeof *before);
-    CHECK(bl_run_train_epochs(run, 2, 3) == BL_OK);
+    CHECK(train_one_epoch(run, 2) == BL_OK);
     changed_backbone = 0;
     size_t backbone_end = fc_at < bias_at ? fc_at : bias_at;
     for (size_t i = 0; i < backbone_end; i++) changed_backbone += ps->data[i] != before[i];
@@ -294,16 +324,19 @@ static void test_second_stage_mechanisms(void) {
     bl_run_free(run);
 }
 
-/* A method whose loss turns non-finite on its third step. */
-static bl_tensor *nan_loss(bl_run *run, void *state, bl_tensor *x, bl_tensor *y) {
-    bl_tensor *loss = bl_cross_entropy(bl_model_forward(run->model, x), y, bl_ce_args_default());
-    return run->step == 2 ? bl_mul_scalar(loss, NAN) : loss;
+/* A recipe step whose loss turns non-finite on its third step. */
+static int nan_step(bl_run *run, void *state, bl_batch *b, double *loss_value) {
+    bl_tensor *x = bl_batch_get(b, "x"), *y = bl_batch_get(b, "y");
+    bl_tensor *loss = bl_cross_entropy(bl_model_forward(bl_run_model(run, "model"), x), y, bl_ce_args_default());
+    return bl_run_backward_step(run, run->step == 2 ? bl_mul_scalar(loss, NAN) : loss, loss_value);
 }
 
-/* A loss that meets the labels without bl_run_label_loss (so it would ignore a mixed batch's
+/* A loss that meets the labels without bl_batch_label_loss (so it would ignore a mixed batch's
  * second labels). */
-static bl_tensor *unmixed_loss(bl_run *run, void *state, bl_tensor *x, bl_tensor *y) {
-    return bl_cross_entropy(bl_model_forward(run->model, x), y, bl_ce_args_default());
+static int unmixed_step(bl_run *run, void *state, bl_batch *b, double *loss_value) {
+    bl_tensor *x = bl_batch_get(b, "x"), *y = bl_batch_get(b, "y");
+    bl_tensor *loss = bl_cross_entropy(bl_model_forward(bl_run_model(run, "model"), x), y, bl_ce_args_default());
+    return bl_run_backward_step(run, loss, loss_value);
 }
 
 static void test_errors(void) {
@@ -351,9 +384,9 @@ static void test_errors(void) {
     bl_run *run = make_run(d, false, NULL, 0);
     CHECK(run);
     if (!run) return;
-    bl_method broken = *run->method;
-    broken.loss = nan_loss;
-    run->method = &broken;
+    bl_recipe broken = *run->recipe;
+    broken.step = nan_step;
+    run->recipe = &broken;
     CHECK(bl_run_train(run) == BL_ERR);
     CHECK(strstr(bl_last_error(), "epoch 1") && strstr(bl_last_error(), "step 3"), "%s", bl_last_error());
     CHECK(run->step == 2);
@@ -367,9 +400,9 @@ static void test_errors(void) {
     run = make_run(d, false, mixing, 1);
     CHECK(run);
     if (!run) return;
-    broken = *run->method;
-    broken.loss = unmixed_loss;
-    run->method = &broken;
+    broken = *run->recipe;
+    broken.step = unmixed_step;
+    run->recipe = &broken;
     CHECK(bl_run_train(run) == BL_ERR && strstr(bl_last_error(), "does not take mixed batches"), "%s",
           bl_last_error());
     bl_clear_error();

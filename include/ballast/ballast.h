@@ -3,6 +3,7 @@
 #define BALLAST_H
 
 #include "ballast/tensor.h"
+#include "ballast/error.h"
 #include "ballast/autograd.h"
 #include "ballast/ops.h"
 #include "ballast/params.h"
@@ -10,9 +11,11 @@
 #include "ballast/models.h"
 #include "ballast/optim.h"
 #include "ballast/io.h"
+#include "ballast/files.h"
 #include "ballast/data.h"
 #include "ballast/profile.h"
 #include "ballast/metrics.h"
+#include "ballast/regression.h"
 #include "ballast/train.h"
 
 #endif

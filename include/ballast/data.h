@@ -206,6 +206,40 @@ typedef struct {
 int bl_mix_batch(const bl_mix_args *a, bl_rng *rng, bl_tensor *x, const bl_tensor *y, bl_tensor **partner,
                  double *lam);
 
+/* ---- batches ---------------------------------------------------------------------------------- */
+
+/* A training or evaluation batch: named fields, each a step-arena tensor whose first dimension is
+ * the batch. The image loader fills
+ *   "x"      F32 (B, C, H, W) augmented and normalized images,
+ *   "y"      I64 (B) labels (-1 for a dataset without labels),
+ *   "index"  I64 (B) the row of each sample in the dataset it came from (run->train for training
+ *            batches), the key of per-sample state such as confidences or weights.
+ * A field of variable size per sample (boxes, point sets) stores all samples' rows concatenated
+ * along dimension 0, with `lengths` I64 (B) saying how many rows belong to each sample. */
+#define BL_BATCH_MAX_FIELDS 16
+#define BL_BATCH_FIELD_NAME_MAX 32
+typedef struct {
+    char name[BL_BATCH_FIELD_NAME_MAX];
+    bl_tensor *value;
+    bl_tensor *lengths; /* NULL for a fixed-size field */
+} bl_batch_field;
+
+typedef struct {
+    int64_t size; /* samples in the batch */
+    int n_fields;
+    bl_batch_field fields[BL_BATCH_MAX_FIELDS];
+    /* Batch mixing (train.augment.mixup / cutmix): when mixed, "x" holds the mixed images,
+     * "y_mix" the labels mixed in, and mix_lam the weight of "y" (see bl_batch_label_loss). */
+    double mix_lam;
+    bool mix_used; /* set by bl_batch_label_loss: the recipe's loss took the mixing */
+} bl_batch;
+
+/* The field named `name`, or NULL (no error set) when the batch has none. */
+bl_tensor *bl_batch_get(const bl_batch *b, const char *name);
+/* Adds or replaces a field; `lengths` NULL for a fixed-size field, whose first dimension must be
+ * the batch size. */
+int bl_batch_set(bl_batch *b, const char *name, bl_tensor *value, bl_tensor *lengths);
+
 /* ---- the loader ------------------------------------------------------------------------------- */
 
 /* Batches of a dataset in the order a sampler gives (NULL: 0, 1, ..., N-1), transformed by `aug`
@@ -218,10 +252,10 @@ bl_loader *bl_loader_create(const bl_dataset *ds, bl_sampler *sampler, int64_t b
                             const bl_augment *aug, uint64_t seed);
 /* Starts epoch `epoch` (from 0) of `total_epochs`: draws its order and sets the thread to work. */
 int bl_loader_start_epoch(bl_loader *l, int epoch, int total_epochs);
-/* The next batch as new step-arena tensors x F32 (B, C, H, W) and y I64 (B) (the caller's
+/* The next batch, with fields "x", "y" and "index" as new step-arena tensors (the caller's
  * bl_scope_end frees them; y is -1 for a dataset without labels). False at the end of the
  * epoch, or on error (bl_last_error() set). */
-bool bl_loader_next(bl_loader *l, bl_tensor **x, bl_tensor **y);
+bool bl_loader_next(bl_loader *l, bl_batch *out);
 /* Batches per epoch: N / batch, rounded down with drop_last, else up. */
 int64_t bl_loader_batches(const bl_loader *l);
 void bl_loader_free(bl_loader *l);

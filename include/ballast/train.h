@@ -111,85 +111,144 @@ int bl_config_write(const bl_config *c, const char *path);
  * returned pointer lives as long as `a` and `b`. */
 const char *bl_config_first_difference(const bl_config *a, const bl_config *b);
 
-/* ---- methods ---------------------------------------------------------------------------------- */
+/* ---- batch losses ----------------------------------------------------------------------------- */
+
+/* The loss of a batch from its logits: fn(logits, y, ctx), or for a mixed batch
+ * lam fn(logits, y, ctx) + (1 - lam) fn(logits, y_mix, ctx). Every classification loss goes
+ * through it, so mixing works for every recipe; the trainer refuses a mixed batch whose loss did
+ * not. */
+typedef bl_tensor *(*bl_label_loss_fn)(bl_tensor *logits, bl_tensor *y, const void *ctx);
+bl_tensor *bl_batch_label_loss(bl_batch *b, bl_tensor *logits, bl_label_loss_fn fn, const void *ctx);
+/* bl_batch_label_loss with bl_cross_entropy(logits, y, args). */
+bl_tensor *bl_batch_cross_entropy(bl_batch *b, bl_tensor *logits, bl_ce_args args);
+
+/* ---- recipes ---------------------------------------------------------------------------------- */
 
 typedef struct bl_run bl_run;
 
-/* A training recipe. Hooks run in this order: setup (once, after the model is built and before
- * the optimizer is created; register buffers on run->model->params and trainable parameters in
- * run->extra_params here), then per epoch epoch_begin and per step loss, then after_training,
- * then logits for every evaluation. On resume, setup runs again before the checkpoint is loaded,
- * so state registered as buffers or extra params comes back with it. Checkpoints are only written
- * in the main epochs (and the final one after after_training), so a run interrupted during
- * after_training runs it again from the end of the main epochs. */
-typedef struct bl_method {
+/* A stretch of training with its own purpose (the main epochs, a classifier stage, a distillation
+ * after a pre-training, a round of a noise-cleaning loop). Recipes add them in setup, in order;
+ * a recipe that adds none trains one phase "main" of train.epochs epochs. `begin` runs once when
+ * the phase starts (re-initialise a classifier, freeze, reset an optimizer, change the sampler),
+ * `end` once after its last epoch (choose a test-time parameter on the validation split). What
+ * they change must live in the run's registered state (below), since a resumed run restores that
+ * state instead of calling `begin` again; the checkpoint written after `end` is the resume point
+ * between two phases. */
+typedef struct {
+    const char *name;
+    int epochs;                                  /* >= 0; 0: only the hooks run */
+    int (*begin)(bl_run *run, void *state);      /* optional */
+    int (*end)(bl_run *run, void *state);        /* optional */
+} bl_phase;
+
+/* A training recipe: a method as its paper's algorithm box, on the trainer's mechanisms.
+ *  - setup (once, after the data is loaded, also on resume and on evaluation; before anything is
+ *    restored): read the options, register models, optimizers, parameter stores, buffers, random
+ *    streams and phases with the run (bl_run_add_*), in the same order every time.
+ *  - step: one training batch, doing whatever the method does (forwards, backwards, optimizer
+ *    steps, updates of buffers or of data); *loss gets the number the progress line and the log
+ *    show. Called with grad mode on, every registered model in train mode (unless frozen), inside
+ *    the step's arena scope. bl_run_backward_step is the common case.
+ *  - predict: the evaluation forward of a batch, what the recipe's evaluator reads: logits
+ *    (B, num_classes) for the "classification" evaluator, scores (B) for "regression". Called in
+ *    eval mode under no-grad.
+ *  - epoch_begin (optional): per epoch, `epoch` 0-based across all phases.
+ *  - release (optional): frees what setup allocated outside the run's registry. */
+typedef struct bl_recipe {
     const char *name;
     const char *summary;
     const bl_option *options;   /* under "method." in the config */
     int n_options;
     size_t state_size;          /* bytes of zeroed state handed to every hook */
+    const char *evaluator;      /* NULL: "classification" */
     int (*setup)(bl_run *run, void *state);
-    /* The scalar training loss of a batch: x F32 (B, C, H, W) augmented and normalized, y I64 (B).
-     * Called in train mode (run->model->training set) with grad mode on, inside the step's scope. */
-    bl_tensor *(*loss)(bl_run *run, void *state, bl_tensor *x, bl_tensor *y);
-    /* Evaluation logits (B, num_classes); called in eval mode under no-grad. */
-    bl_tensor *(*logits)(bl_run *run, void *state, bl_tensor *x);
-    int (*epoch_begin)(bl_run *run, void *state, int epoch);   /* optional; epoch is 0-based */
-    /* Optional: runs after the main epochs and before the final evaluation, e.g. to choose a
-     * test-time parameter on run->val or to run a second stage with bl_run_train_epochs. The
-     * final checkpoint is written after it. */
-    int (*after_training)(bl_run *run, void *state);
-    void (*release)(void *state);                              /* optional */
-} bl_method;
+    int (*step)(bl_run *run, void *state, bl_batch *batch, double *loss);
+    bl_tensor *(*predict)(bl_run *run, void *state, bl_batch *batch);
+    int (*epoch_begin)(bl_run *run, void *state, int epoch);
+    void (*release)(void *state);
+} bl_recipe;
 
-/* The method registered under `name`; NULL (and an error listing the known names) otherwise. */
-const bl_method *bl_method_find(const char *name);
-/* NULL-terminated list of registered method names. */
-const char *const *bl_method_names(void);
+/* Makes a recipe known to bl_recipe_find (and so to configs' method.name). Registering a name twice
+ * is an error. The recipes shipped with ballast register with bl_recipes_register_builtin
+ * (methods/recipes.h). */
+int bl_recipe_register(const bl_recipe *recipe);
+/* The recipe registered under `name`; NULL (and an error listing the known names) otherwise. */
+const bl_recipe *bl_recipe_find(const char *name);
+/* NULL-terminated list of registered recipe names, in registration order. */
+const char *const *bl_recipe_names(void);
 
 /* ---- runs ------------------------------------------------------------------------------------- */
 
-struct bl_progress; /* private: the terminal progress display */
+struct bl_progress;     /* private: the terminal progress display */
+struct bl_run_registry; /* private: what the recipe registered */
 
 struct bl_run {
     bl_config *config;          /* resolved; owned by the run */
     char dir[512];              /* run directory */
-    bl_model *model;
-    bl_optimizer opt;           /* over model->params */
-    bl_schedule schedule;       /* learning rate of epoch e (0-based) is bl_run_lr(run, e) */
-    bl_params extra_params;     /* a method's own trainable parameters; finalized by the trainer
-                                 * after setup when it has entries */
-    bl_optimizer extra_opt;     /* over extra_params (same settings as opt), when it has entries;
-                                 * a method may re-initialize it for a second stage */
-    bool has_extra_opt;
     bl_dataset train, val, test;/* val: drawn from the training data (empty when val_per_class is 0) */
     int64_t num_classes;
     int64_t *class_counts;      /* training images per class (num_classes entries) */
-    bl_sampler *sampler;        /* the current training sampler */
-    bl_loader *train_loader;
     bl_augment augment;         /* training transforms (mean/std also used for evaluation) */
     int64_t batch_size;
-    int epoch, epochs;          /* epochs completed so far (0-based index of the next), total */
-    int64_t step;               /* optimizer steps taken */
-    bl_rng rng;                 /* a stream for methods' own random draws (saved in checkpoints) */
-    struct {
-        bl_mix_args args;       /* train.augment.mixup / cutmix / mix_prob */
-        bl_tensor *partner;     /* the current batch's mixed-in labels; NULL when it is not mixed */
-        double lam;             /* the weight of the batch's own labels */
-        bool applied;           /* set by bl_run_label_loss: the method's loss took the mixing */
-    } mix;
+    int epoch, epochs;          /* epochs completed so far across all phases, and their total */
+    int64_t step;               /* training steps taken */
+    bl_rng rng;                 /* the run's stream for recipes' random draws (in checkpoints) */
     FILE *log;                  /* log.jsonl, line-buffered; NULL for runs opened for evaluation */
-    const bl_method *method;
-    void *method_state;
-    bool lr_at_epoch_start;     /* train.lr_at_epoch_start, see bl_run_lr */
-    int schedule_origin;        /* the epoch at which run->schedule starts (0; a second stage that
-                                 * sets its own schedule sets it to its first epoch) */
-    int stage;                  /* 0 during the main epochs, 1 from method->after_training on */
+    const bl_recipe *recipe;
+    void *recipe_state;
     bool finished;              /* the final checkpoint exists (training is complete) */
-    bool backbone_frozen;
     bool quiet;                 /* no progress display */
+    struct bl_run_registry *registry;
     struct bl_progress *progress;
 };
+
+/* -- what a recipe registers in setup (names unique within their kind; the run owns them) -- */
+
+/* A model: `model` NULL builds the config's model section (model.name, num_classes from the data,
+ * the image size and channels of the training images, train.seed). Saved as
+ * models/<name>.safetensors in checkpoints, with PyTorch parameter names. */
+bl_model *bl_run_add_model(bl_run *run, const char *name, bl_model *model);
+/* A store for a recipe's own tensors (parameters with bl_params_add, buffers with
+ * bl_params_add_buffer: per-sample confidences, class centers, a tensor of images to optimise);
+ * the trainer finalizes it after setup. Saved as params/<name>.safetensors. */
+bl_params *bl_run_add_params(bl_run *run, const char *name);
+/* An optimizer over a finalized store (a model's params, or a store of bl_run_add_params, which
+ * is finalized here), with its own learning-rate schedule. `cfg` NULL: the config's train.optimizer
+ * settings; `schedule` NULL: the config's train.schedule. The trainer sets its lr at the start of
+ * every epoch; saved with its settings and schedule as optimizers/<name>.*. */
+bl_optimizer *bl_run_add_optimizer(bl_run *run, const char *name, bl_params *params, const bl_optim_config *cfg,
+                                   const bl_schedule *schedule);
+/* Restarts an optimizer: fresh state, new settings, and a schedule counted from the current epoch
+ * (a second stage's own decay). */
+int bl_run_reset_optimizer(bl_run *run, const char *name, bl_optim_config cfg, bl_schedule schedule);
+/* A random stream of its own, seeded from train.seed and `name`; saved in checkpoints. */
+bl_rng *bl_run_add_rng(bl_run *run, const char *name);
+/* A phase (see bl_phase), in order. */
+int bl_run_add_phase(bl_run *run, const bl_phase *phase);
+
+/* Lookups by name: NULL (with an error naming what is registered) when absent. */
+bl_model *bl_run_model(const bl_run *run, const char *name);
+bl_params *bl_run_params(const bl_run *run, const char *name);
+bl_optimizer *bl_run_optimizer(const bl_run *run, const char *name);
+
+/* Freezes (or unfreezes) a registered model: every parameter except its classifier's gets
+ * requires_grad false, so the optimizers skip them, and the model runs in eval mode during
+ * training steps, so BatchNorm statistics stay fixed as well. `keep_classifier` false freezes the
+ * classifier too (a frozen teacher). Saved in checkpoints. */
+int bl_run_freeze(bl_run *run, const char *model, bool frozen, bool keep_classifier);
+/* Replaces the training sampler ("instance", "class_balanced", "sqrt", "progressive"); saved in
+ * checkpoints. */
+int bl_run_set_sampler(bl_run *run, const char *kind);
+
+/* -- inside a step -- */
+
+/* The common training step: zero every registered gradient, backward from the scalar `loss`,
+ * clip each optimizer's gradients to train.clip_grad_norm (when > 0), step every registered
+ * optimizer (frozen entries are skipped). *loss_value gets the loss. A NaN or infinite loss or
+ * gradient norm is an error naming the epoch and step. */
+int bl_run_backward_step(bl_run *run, bl_tensor *loss, double *loss_value);
+/* Sets every registered model's training flag (true: train mode, except frozen models). */
+void bl_run_set_training(bl_run *run, bool training);
 
 typedef struct {
     bool resume;          /* continue from the run directory's latest checkpoint */
@@ -197,64 +256,94 @@ typedef struct {
 } bl_run_opts;
 
 /* Builds a run from a config (ownership passes to the run, also on failure): validates it
- * against the trainer's and the method's tables, loads the data (long-tailed subset, validation
- * split), builds the model, calls method->setup, creates optimizers, sampler and loader, and
- * creates the run directory (output.dir) with config.yaml. A directory that already holds a run
- * is refused unless opts->resume, in which case its config must match and the latest checkpoint
- * is loaded. */
+ * against the trainer's and the recipe's tables, loads the data (long-tailed subset, validation
+ * split), calls recipe->setup, finalizes what it registered, and creates the run directory
+ * (output.dir) with config.yaml. A directory that already holds a run is refused unless
+ * opts->resume, in which case its config must match and the latest checkpoint is restored. */
 bl_run *bl_run_create(bl_config *config, const bl_run_opts *opts);
 /* The trainer's own option table (for `--help` listings and documentation). */
 const bl_option *bl_trainer_options(int *n_options);
-/* Trains the remaining epochs, calls method->after_training, writes the final checkpoint,
- * evaluates on val and test and writes results.json. */
+/* Trains the remaining phases (each: begin, its epochs, end, a checkpoint), writes the final
+ * checkpoint, evaluates on val and test and writes results.json. */
 int bl_run_train(bl_run *run);
 /* Opens a finished or interrupted run for evaluation: `path` is a run directory (latest
- * checkpoint), a checkpoint directory or a model.safetensors inside one. Loads the data and the
- * weights; no log is written. `overrides` ("section.key=value", n of them, may be NULL) change
- * test-time settings only: method.* keys other than method.name, train.threads and
- * train.eval_batch_size; any other key is an error, since the weights were trained with it. */
+ * checkpoint) or a checkpoint directory. Loads the data and the registered state; no log is
+ * written. `overrides` ("section.key=value", n of them, may be NULL) change test-time settings
+ * only: method.* keys other than method.name, train.threads and train.eval_batch_size; any other
+ * key is an error, since the weights were trained with it. */
 bl_run *bl_run_open(const char *path, const char *const *overrides, int n_overrides);
 void bl_run_free(bl_run *run);
-
-/* The loss of a training batch from its logits: fn(logits, y, ctx), or for a batch that was mixed
- * (train.augment.mixup / cutmix) lam fn(logits, y, ctx) + (1 - lam) fn(logits, partner, ctx) with
- * run->mix's labels and weight. Every method's loss goes through it, so mixing works for all of
- * them; the trainer refuses a mixed batch whose loss did not. */
-typedef bl_tensor *(*bl_label_loss_fn)(bl_tensor *logits, bl_tensor *y, const void *ctx);
-bl_tensor *bl_run_label_loss(bl_run *run, bl_tensor *logits, bl_tensor *y, bl_label_loss_fn fn, const void *ctx);
-/* bl_run_label_loss with bl_cross_entropy(logits, y, args). */
-bl_tensor *bl_run_cross_entropy(bl_run *run, bl_tensor *logits, bl_tensor *y, bl_ce_args args);
 
 /* Appends one record to log.jsonl: `json_object_body` is the inside of an object without braces,
  * e.g. "\"alpha\":1.5,\"val_top1\":0.61"; the record is written as {"method_epoch":E,"step":S,...}
  * (E the number of epochs completed) so readers never mistake it for a training record. */
 int bl_run_log(bl_run *run, const char *json_object_body);
-/* Evaluates the model on a dataset in batches through method->logits (eval mode, no grad,
- * normalize only). Initializes `out` (free it with bl_metrics_free). */
-int bl_run_evaluate(bl_run *run, const bl_dataset *ds, bl_metrics *out);
-/* The generic training loop over epochs [first, last) (0-based): schedule, sampler epoch,
- * method->epoch_begin, then per batch method->loss, backward, optimizer steps; periodic
- * evaluation on val and checkpoints. A NaN or infinite loss stops with an error naming epoch and
- * step. Methods' second stages call it again (after bl_run_set_sampler / freezing). */
-int bl_run_train_epochs(bl_run *run, int first, int last);
-/* Replaces the training sampler ("instance", "class_balanced", "sqrt", "progressive") and the
- * loader built on it. */
-int bl_run_set_sampler(bl_run *run, const char *kind);
-/* Freezes (or unfreezes) every model parameter except the classifier's: frozen parameters get
- * requires_grad false, so the optimizer skips them, and the training forward runs with
- * model->training false so BatchNorm statistics stay fixed as well. */
-int bl_run_freeze_backbone(bl_run *run, bool frozen);
+/* Writes a checkpoint of everything registered (see the file comment). */
+int bl_run_checkpoint(bl_run *run, bool final);
+
+/* ---- evaluation ------------------------------------------------------------------------------- */
+
+/* An evaluator turns a recipe's predictions over a dataset into metrics. A kind declares its
+ * metrics' names, the primary one first (what the progress line shows and tables lead with), and
+ * writes its result as JSON members for the log and results.json. Kinds shipped: "classification"
+ * (top-1/5, balanced accuracy, many/medium/few-shot, calibration: bl_metrics) and "regression"
+ * (SRCC, PLCC after the 4-parameter logistic fit, KRCC, RMSE, of scores (B) against a batch's
+ * "score" field). A new benchmark registers its own. */
+typedef struct {
+    const char *name;
+    const char *const *metrics; /* NULL-terminated; metrics[0] is the primary metric */
+    void *(*create)(const bl_run *run);
+    int (*add)(void *self, const bl_tensor *prediction, const bl_batch *batch);
+    double (*metric)(void *self, const char *metric); /* NAN when unknown or undefined */
+    char *(*json)(void *self);                        /* members without braces; malloc'ed */
+    void (*free)(void *self);
+} bl_evaluator_kind;
+
+/* Makes an evaluator kind known by its name (a recipe's `evaluator`). */
+int bl_evaluator_register(const bl_evaluator_kind *kind);
+const bl_evaluator_kind *bl_evaluator_find(const char *name);
+
+/* One evaluation in progress: a kind and its accumulated state. */
+typedef struct bl_evaluator {
+    const bl_evaluator_kind *kind;
+    void *self;
+} bl_evaluator;
+
+/* The value of one of the kind's metrics (NAN when unknown). */
+double bl_evaluator_metric(const bl_evaluator *e, const char *metric);
+/* The primary metric's name and value. */
+const char *bl_evaluator_primary(const bl_evaluator *e, double *value);
+/* The result as JSON members without braces; malloc'ed. */
+char *bl_evaluator_json(const bl_evaluator *e);
+void bl_evaluator_free(bl_evaluator *e);
+/* The classification evaluator's full result (confusion matrix, per-class counts); NULL for
+ * another kind. */
+bl_metrics *bl_evaluator_classification(const bl_evaluator *e);
+
+/* Calls fn on every batch of a dataset, in order, with the evaluation transforms (normalization
+ * only), every registered model in eval mode and grad mode off; each call inside its own arena
+ * scope. The pass evaluation and recipes' feature extraction share. */
+typedef int (*bl_batch_fn)(bl_run *run, bl_batch *batch, void *user);
+int bl_run_for_each_batch(bl_run *run, const bl_dataset *ds, bl_batch_fn fn, void *user);
+/* Evaluates the run's recipe on a dataset in batches through recipe->predict (eval mode, no grad,
+ * normalize only) with the recipe's evaluator; *out is freed with bl_evaluator_free. */
+int bl_run_evaluate(bl_run *run, const bl_dataset *ds, bl_evaluator *out);
+
+/* ---- learning-rate schedules from a config ------------------------------------------------------ */
+
 /* The learning-rate schedule a config's train section describes: train.schedule is "constant",
  * "multistep" (train.milestones, train.gamma), "cosine" (to train.eta_min over train.epochs) or
  * "warmup_multistep" (multistep after a linear warmup over train.warmup_epochs from
  * train.warmup_start_factor * lr; the BBN schedule of the long-tailed CIFAR papers). */
 int bl_schedule_from_config(const bl_config *c, bl_schedule *out);
-/* Learning rate of 0-based epoch `epoch`: the schedule read at t = epoch - run->schedule_origin,
- * plus 1 when run->lr_at_epoch_start (the papers' code steps its scheduler at the start of each
- * epoch, so the first epoch already runs at "epoch 1"). */
-double bl_run_lr(const bl_run *run, int epoch);
-/* Writes a checkpoint for the epochs completed so far (see the file comment). */
-int bl_run_checkpoint(bl_run *run, bool final);
+/* The optimizer settings of the config's train section (train.optimizer, lr, momentum, ...). */
+int bl_optim_config_from_config(const bl_config *c, bl_optim_config *out);
+/* Learning rate of 0-based epoch `epoch` for a schedule that starts at epoch `origin`: the
+ * schedule read at t = epoch - origin, plus 1 when `at_epoch_start` (train.lr_at_epoch_start: the
+ * papers' code steps its scheduler at the start of each epoch, so the first epoch already runs at
+ * "epoch 1"). */
+double bl_schedule_epoch_lr(const bl_schedule *s, int epoch, int origin, bool at_epoch_start);
+
 
 #ifdef __cplusplus
 }

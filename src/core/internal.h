@@ -1,43 +1,16 @@
-/* Internal helpers shared by the library's sources: error macros and small utilities.
- * Not installed; nothing outside src/ includes it. */
+/* Internal helpers shared by the library's sources: small utilities (the error macros are public,
+ * in ballast/error.h). Not installed; nothing outside src/ includes it. */
 #ifndef BALLAST_INTERNAL_H
 #define BALLAST_INTERNAL_H
 
 #include "ballast/autograd.h"
+#include "ballast/error.h"
 #include "ballast/tensor.h"
 
 #include <stdio.h>
 
-/* Records "file:line: message" as the pending error. */
-void bl__error_at(const char *file, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-
-/* On failure of `cond`, set an error naming this source line and return `ret`. */
-#define BL_CHECK_OR(ret, cond, ...)                                                            \
-    do {                                                                                       \
-        if (!(cond)) {                                                                         \
-            bl__error_at(__FILE__, __LINE__, __VA_ARGS__);                                     \
-            return ret;                                                                        \
-        }                                                                                      \
-    } while (0)
-/* For functions returning a pointer. */
-#define BL_CHECK(cond, ...) BL_CHECK_OR(NULL, cond, __VA_ARGS__)
-/* For functions returning BL_OK/BL_ERR. */
-#define BL_CHECK_RC(cond, ...) BL_CHECK_OR(BL_ERR, cond, __VA_ARGS__)
-/* Propagates a NULL input: an earlier op already recorded why. */
-#define BL_NONNULL(...)                                                                        \
-    do {                                                                                       \
-        const void *bl__in[] = {__VA_ARGS__};                                                  \
-        for (size_t bl__i = 0; bl__i < sizeof bl__in / sizeof bl__in[0]; bl__i++)             \
-            if (!bl__in[bl__i]) return NULL;                                                   \
-    } while (0)
-/* Evaluates an int-returning call and returns BL_ERR from the caller when it fails. */
-#define BL_TRY(call)                                                                           \
-    do {                                                                                       \
-        if ((call) != BL_OK) return BL_ERR;                                                    \
-    } while (0)
-
-/* Shape string for messages, in a rotating static buffer (valid for a few calls). */
-const char *bl__shape(const bl_tensor *t);
+/* The library's short name for bl_shape_text. */
+static inline const char *bl__shape(const bl_tensor *t) { return bl_shape_text(t); }
 
 /* Makes a tensor struct in the arena viewing `data` with the given shape and contiguous strides. */
 bl_tensor *bl__wrap(bl_dtype dt, int ndim, const int64_t *shape, void *data);

@@ -164,7 +164,7 @@ const char *bl_shape_str(const bl_tensor *t, char *buf, size_t len) {
     return buf;
 }
 
-const char *bl__shape(const bl_tensor *t) {
+const char *bl_shape_text(const bl_tensor *t) {
     static _Thread_local char bufs[4][96];
     static _Thread_local int next;
     char *b = bufs[next++ & 3];

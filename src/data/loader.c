@@ -149,8 +149,8 @@ int bl_loader_start_epoch(bl_loader *l, int epoch, int total_epochs) {
     return rc;
 }
 
-bool bl_loader_next(bl_loader *l, bl_tensor **x, bl_tensor **y) {
-    *x = *y = NULL;
+bool bl_loader_next(bl_loader *l, bl_batch *out) {
+    memset(out, 0, sizeof *out);
     if (!l) {
         bl_set_error("no loader");
         return false;
@@ -173,22 +173,26 @@ bool bl_loader_next(bl_loader *l, bl_tensor **x, bl_tensor **y) {
         return false;
     }
     pthread_mutex_unlock(&l->lock);
-    /* The worker leaves a held buffer alone, so it is read here without the lock. */
+    /* The worker leaves a held buffer alone, so it is read here without the lock; the order only
+     * changes in bl_loader_start_epoch, on this thread. */
     int64_t rows = batch_rows(l, b);
-    *x = bl_empty(BL_F32, BL_SHAPE(rows, l->channels, l->height, l->width));
-    *y = bl_empty(BL_I64, BL_SHAPE(rows));
-    if (!*x || !*y) {
-        *x = *y = NULL;
-        return false;
+    bl_tensor *x = bl_empty(BL_F32, BL_SHAPE(rows, l->channels, l->height, l->width));
+    bl_tensor *y = bl_empty(BL_I64, BL_SHAPE(rows));
+    bl_tensor *index = bl_from_data(BL_I64, 1, &rows, l->order + b * l->batch);
+    bool ok = x && y && index;
+    if (ok) {
+        memcpy(x->data, l->x[slot], bl_nbytes(x));
+        memcpy(y->data, l->y[slot], bl_nbytes(y));
+        out->size = rows;
+        ok = bl_batch_set(out, "x", x, NULL) == BL_OK && bl_batch_set(out, "y", y, NULL) == BL_OK &&
+             bl_batch_set(out, "index", index, NULL) == BL_OK;
     }
-    memcpy((*x)->data, l->x[slot], bl_nbytes(*x));
-    memcpy((*y)->data, l->y[slot], bl_nbytes(*y));
     pthread_mutex_lock(&l->lock);
     l->held[slot] = -1;
     l->next_take++;
     pthread_cond_broadcast(&l->changed);
     pthread_mutex_unlock(&l->lock);
-    return true;
+    return ok;
 }
 
 int64_t bl_loader_batches(const bl_loader *l) { return l ? l->n_batches : 0; }

@@ -360,15 +360,21 @@ void bl__text_append(bl__text *t, const char *s) { text_append_bytes(t, s, strle
 
 void bl__text_printf(bl__text *t, const char *fmt, ...) {
     char buf[256];
-    va_list ap;
+    va_list ap, again;
     va_start(ap, fmt);
+    va_copy(again, ap);
     int n = vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof buf) {
-        t->failed = true;
-        return;
+    if (n >= 0 && (size_t)n < sizeof buf) {
+        text_append_bytes(t, buf, (size_t)n);
+    } else {
+        /* longer than the stack buffer: format once more into the heap */
+        char *big = n >= 0 ? malloc((size_t)n + 1) : NULL;
+        if (big && vsnprintf(big, (size_t)n + 1, fmt, again) == n) text_append_bytes(t, big, (size_t)n);
+        else t->failed = true;
+        free(big);
     }
-    text_append_bytes(t, buf, (size_t)n);
+    va_end(again);
 }
 
 void bl__text_append_json_string(bl__text *t, const char *s) {

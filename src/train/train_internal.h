@@ -1,8 +1,9 @@
 /* Pieces of the trainer shared between its source files: the terminal progress display, the
- * synthetic dataset, and the checkpoint reader/writer. Not installed. */
+ * synthetic dataset, building a run, and the registry of what a recipe registered. Not installed. */
 #ifndef BALLAST_TRAIN_INTERNAL_H
 #define BALLAST_TRAIN_INTERNAL_H
 
+#include "ballast/files.h"
 #include "ballast/train.h"
 
 /* ---- progress display (progress.c) ---------------------------------------------------------- */
@@ -27,7 +28,14 @@ void bl__progress_epoch_end(bl_progress *p, double mean_loss, const char *note);
 int bl__synthetic_dataset(int64_t classes, int64_t per_class, int64_t channels, int64_t size, double noise,
                           uint64_t seed, uint64_t sample_seed, bl_dataset *out);
 
-/* ---- building a run (trainer.c) ------------------------------------------------------------- */
+/* ---- building a run (trainer.c, run_data.c) -------------------------------------------------- */
+
+/* Puts a context in front of the pending error and returns BL_ERR. (The library keeps the first
+ * message of a failure, so a BL_CHECK after a failed call could not say where it happened.) */
+int bl__add_context(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Loads the data, draws or reads the training and validation rows (saving them in run->dir when
+ * `save`), counts the classes and fills the training transforms. */
+int bl__build_data(bl_run *run, bool save);
 
 /* Declares the trainer's table (plus the synthetic dataset's when it is used) and the method's
  * table, then refuses unknown keys. */
@@ -40,13 +48,63 @@ bl_run *bl__run_new(bl_config *config, bool quiet);
  * sampler and loader. */
 int bl__run_build(bl_run *run, bool for_training);
 
-/* ---- checkpoints and the run directory (run.c) ---------------------------------------------- */
+/* ---- the run's registered things (registry.c) ---------------------------------------------- */
 
-/* Creates `path` and its missing parents. */
-int bl__mkdirs(const char *path);
-bool bl__is_dir(const char *path);
-bool bl__is_file(const char *path);
-/* Writes a whole text file atomically. */
-int bl__write_file_atomic(const char *path, const char *text);
+#define BL__REG_NAME_MAX 64
+#define BL__REG_MAX 16
+#define BL__REG_MAX_PHASES 64
+
+typedef struct {
+    char name[BL__REG_NAME_MAX];
+    bl_model *model;
+    bool frozen; /* runs in eval mode during training steps */
+} bl__reg_model;
+
+typedef struct {
+    char name[BL__REG_NAME_MAX];
+    bl_params params;
+} bl__reg_params;
+
+typedef struct {
+    char name[BL__REG_NAME_MAX];
+    bl_optimizer opt;
+    bl_schedule schedule;
+    int origin; /* the epoch the schedule counts from */
+} bl__reg_optimizer;
+
+typedef struct {
+    char name[BL__REG_NAME_MAX];
+    bl_rng rng;
+} bl__reg_rng;
+
+/* Everything a recipe registered, plus where training stands in its phases. Entries are
+ * allocated one by one, so pointers handed to the recipe stay valid. */
+struct bl_run_registry {
+    bl__reg_model *models[BL__REG_MAX];
+    bl__reg_params *stores[BL__REG_MAX];
+    bl__reg_optimizer *optimizers[BL__REG_MAX];
+    bl__reg_rng *rngs[BL__REG_MAX];
+    int n_models, n_stores, n_optimizers, n_rngs;
+    bl_phase phases[BL__REG_MAX_PHASES];
+    int n_phases;
+    int phase;          /* the phase in progress (n_phases when all are done) */
+    int phase_epoch;    /* epochs of it completed */
+    bool phase_begun;   /* its begin hook has run */
+    bool setup_done;    /* registration is closed */
+    bl_sampler *sampler;
+    bl_loader *loader;
+    bl_mix_args mix;    /* train.augment.mixup / cutmix, applied to every training batch */
+};
+
+void bl__registry_free(bl_run *run);
+/* After recipe->setup: finalizes the stores, adds the default phase when the recipe added none,
+ * and sums the phases' epochs into run->epochs. */
+int bl__registry_close(bl_run *run);
+/* Writes / reads every registered thing in a checkpoint directory (models, stores, optimizers and
+ * state.json). Evaluation (for_training false) reads models and stores only, plus the counters. */
+int bl__registry_save(const bl_run *run, const char *dir, bool final);
+int bl__registry_load(bl_run *run, const char *dir, bool for_training);
+/* Every optimizer's lr for a 0-based epoch, from its schedule; BL_ERR when one is not finite. */
+int bl__registry_set_lr(bl_run *run, int epoch);
 
 #endif

@@ -1,0 +1,379 @@
+/* Tests of the recipe interface: every long-tailed recipe gives, weight for weight, what it gave
+ * before recipes owned their step (fingerprints recorded then); resume is bit-exact across a phase
+ * boundary and in the middle of a phase; and two recipes that exist only here, because the old
+ * interface could not express them: a teacher trained in one phase and distilled into a student in
+ * the next (two models, two optimizers, a frozen one), and a recipe whose trainable thing is a
+ * tensor of images (no model optimizer at all). */
+#include "test.h"
+
+#include "../methods/recipes.h"
+#include "ballast/train.h"
+#include "train/train_internal.h"
+
+#include <unistd.h>
+
+static char temp_root[] = "/tmp/ballast_recipes_XXXXXX";
+
+static void test_setup(void) {
+    CHECK(mkdtemp(temp_root) != NULL);
+    CHECK(bl_recipes_register_builtin() == BL_OK);
+}
+
+static void test_cleanup(void) {
+    if (getenv("KEEPTMP")) return;
+    char command[128];
+    snprintf(command, sizeof command, "rm -rf '%s'", temp_root);
+    CHECK(system(command) == 0);
+}
+
+static uint64_t fnv1a(const void *p, size_t n) {
+    const unsigned char *b = p;
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 1099511628211ull;
+    return h;
+}
+
+/* Every tensor the run holds, "<tag> tensor <name> <fnv>" per line, models then stores. */
+static void fingerprint(const bl_run *run, const char *tag, char *out, size_t len) {
+    size_t used = 0;
+    const struct bl_run_registry *r = run->registry;
+    for (int k = 0; k < r->n_models + r->n_stores; k++) {
+        const bl_params *ps = k < r->n_models ? &r->models[k]->model->params : &r->stores[k - r->n_models]->params;
+        for (int i = 0; i < ps->count && used < len; i++)
+            used += (size_t)snprintf(out + used, len - used, "%s tensor %s %016llx\n", tag, ps->entries[i].name,
+                                     (unsigned long long)fnv1a(ps->entries[i].tensor->data,
+                                                               bl_nbytes(ps->entries[i].tensor)));
+    }
+}
+
+/* `train_extra` adds train keys (", key: value"); checkpoints every `checkpoint_every` epochs. */
+static bl_run *small_run(const char *tag, const char *method, const char *method_options, const char *train_extra,
+                         int epochs, int checkpoint_every, bool resume) {
+    char yaml[2048];
+    snprintf(yaml, sizeof yaml,
+             "dataset: {name: synthetic, imbalance: 4, split_seed: 1, val_per_class: 4,\n"
+             "          synthetic: {classes: 4, train_per_class: 64, test_per_class: 16, size: 8, noise: 2}}\n"
+             "model: {name: convnet3, width: 8, depth: 2}\n"
+             "train: {epochs: %d, batch_size: 16, lr: 0.05, schedule: constant, eval_every: 0,\n"
+             "        checkpoint_every: %d, log_every: 1000, threads: 1, seed: 3%s}\n"
+             "method: {name: %s%s%s}\n"
+             "output: {dir: %s/%s}\n",
+             epochs, checkpoint_every, train_extra, method, *method_options ? ", " : "", method_options, temp_root, tag);
+    bl_config *config = bl_config_parse(yaml, tag);
+    return config ? bl_run_create(config, &(bl_run_opts){.quiet = true, .resume = resume}) : NULL;
+}
+
+/* ---- the port: same weights and predictions as before ------------------------------------------ */
+
+static const struct {
+    const char *tag, *method, *options, *train;
+} port_cases[] = {
+    {"ce", "ce", "", ""},
+    {"ce_mix", "ce", "", ", augment: {mixup: 0.4, cutmix: 1.0, mix_prob: 0.8}"},
+    {"cb_reweight", "cb_reweight", "", ""},
+    {"cb_resample", "cb_resample", "", ""},
+    {"focal", "focal", "", ""},
+    {"ldam_drw", "ldam_drw", "drw_start: 0.5", ""},
+    {"logit_adjust_loss", "logit_adjust_loss", "", ""},
+    {"logit_adjust_posthoc", "logit_adjust_posthoc", "", ""},
+    {"crt", "crt", "stage2_epochs: 2", ""},
+    {"tau_norm", "tau_norm", "", ""},
+    {"lws", "lws", "stage2_epochs: 2", ""},
+    {"deconfound_tde", "deconfound_tde", "", ""},
+};
+
+/* The lines of the recorded fixture that start with "<tag> ". */
+static void expected_lines(const char *text, const char *tag, char *out, size_t len) {
+    size_t used = 0, n = strlen(tag);
+    out[0] = '\0';
+    for (const char *line = text; *line;) {
+        const char *end = strchr(line, '\n');
+        size_t line_len = end ? (size_t)(end - line + 1) : strlen(line);
+        if (strncmp(line, tag, n) == 0 && line[n] == ' ' && used + line_len < len) {
+            memcpy(out + used, line, line_len);
+            used += line_len;
+            out[used] = '\0';
+        }
+        line += line_len;
+    }
+}
+
+static void test_port_fixtures(void) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/tests/fixtures/recipes_before_port.txt",
+             getenv("BALLAST_SOURCE_DIR") ? getenv("BALLAST_SOURCE_DIR") : ".");
+    char *fixture = bl_file_read(path, NULL);
+    CHECK(fixture != NULL, "%s", path);
+    if (!fixture) return;
+    static char want[1 << 14], got[1 << 14];
+    for (size_t k = 0; k < sizeof port_cases / sizeof port_cases[0]; k++) {
+        bl_run *run = small_run(port_cases[k].tag, port_cases[k].method, port_cases[k].options, port_cases[k].train, 4,
+                                0, false);
+        CHECK(run && bl_run_train(run) == BL_OK, "%s", port_cases[k].tag);
+        if (!run) continue;
+        fingerprint(run, port_cases[k].tag, got, sizeof got);
+        bl_evaluator e;
+        CHECK(bl_run_evaluate(run, &run->test, &e) == BL_OK);
+        const bl_metrics *m = bl_evaluator_classification(&e);
+        size_t used = strlen(got);
+        used += (size_t)snprintf(got + used, sizeof got - used, "%s confusion", port_cases[k].tag);
+        for (int64_t i = 0; m && i < 16; i++)
+            used += (size_t)snprintf(got + used, sizeof got - used, " %lld", (long long)m->confusion[i]);
+        snprintf(got + used, sizeof got - used, "\n%s steps %lld\n", port_cases[k].tag, (long long)run->step);
+        bl_evaluator_free(&e);
+        expected_lines(fixture, port_cases[k].tag, want, sizeof want);
+        CHECK(strlen(want) > 0 && strcmp(got, want) == 0, "%s differs from the recorded fixture:\n%s--- recorded:\n%s",
+              port_cases[k].tag, got, want);
+        bl_run_free(run);
+        bl_clear_error();
+    }
+    free(fixture);
+}
+
+/* ---- resume ------------------------------------------------------------------------------------ */
+
+static void test_resume_across_phases(void) {
+    /* cRT: 3 main epochs, then 2 classifier epochs with a re-initialised classifier, a frozen
+     * backbone, another sampler and a restarted optimizer with its own schedule. A run interrupted
+     * (killed) after epochs 2, 3 (the phase boundary) and 4 (inside the second phase), then resumed,
+     * ends bit-identical to one trained straight through. */
+    static char straight[1 << 14], resumed[1 << 14];
+    bl_run *run = small_run("crt_straight", "crt", "stage2_epochs: 2", "", 3, 1, false);
+    CHECK(run && bl_run_train(run) == BL_OK);
+    if (!run) return;
+    fingerprint(run, "crt", straight, sizeof straight);
+    bl_run_free(run);
+    for (int cut = 2; cut <= 4; cut++) {
+        char tag[64], from[600], to[600], command[1400];
+        snprintf(tag, sizeof tag, "crt_cut%d", cut);
+        /* the straight run's checkpoint after `cut` epochs is what a crash then leaves behind */
+        snprintf(from, sizeof from, "%s/crt_straight", temp_root);
+        snprintf(to, sizeof to, "%s/%s", temp_root, tag);
+        snprintf(command, sizeof command,
+                 "mkdir -p '%s/checkpoints' && cp '%s/config.yaml' '%s/split_train.idx' '%s/split_val.idx' '%s/' && "
+                 "cp -r '%s/checkpoints/epoch_%04d' '%s/checkpoints/' && "
+                 "printf '{\"latest\":\"checkpoints/epoch_%04d\"}' > '%s/checkpoint.json' && "
+                 "sed -i 's|crt_straight|%s|' '%s/config.yaml'",
+                 to, from, from, from, to, from, cut, to, cut, to, tag, to);
+        CHECK(system(command) == 0, "%s", command);
+        bl_run *again = small_run(tag, "crt", "stage2_epochs: 2", "", 3, 1, true);
+        CHECK(again && again->epoch == cut, "cut %d: resumed at epoch %d", cut, again ? again->epoch : -1);
+        CHECK(again && bl_run_train(again) == BL_OK, "cut %d", cut);
+        if (!again) continue;
+        fingerprint(again, "crt", resumed, sizeof resumed);
+        CHECK(strcmp(straight, resumed) == 0, "cut %d: the resumed run ends with other weights", cut);
+        bl_run_free(again);
+    }
+}
+
+/* ---- a two-model recipe: a teacher, then a student distilled from it ---------------------------- */
+
+/* Phase "teacher": the teacher learns the labels. Phase "distill": the teacher is frozen and the
+ * student (a narrower model) learns to match the teacher's softened predictions (KL at T = 2, no
+ * labels); evaluation uses the student. */
+typedef struct {
+    bl_model *teacher, *student;
+    bool distilling;
+} distill;
+
+static int distill_begin(bl_run *run, void *state) {
+    BL_TRY(bl_run_freeze(run, "teacher", true, false));
+    bl_model *student = bl_run_model(run, "student");
+    for (int i = 0; i < student->params.count; i++)
+        if (student->params.entries[i].trainable) student->params.entries[i].tensor->requires_grad = true;
+    return BL_OK;
+}
+
+static int distill_setup(bl_run *run, void *state) {
+    distill *s = state;
+    const bl_config *c = run->config;
+    s->teacher = bl_run_add_model(run, "teacher", NULL);
+    bl_model_opts opts = {.num_classes = run->num_classes, .image_size = 8, .in_channels = 3, .width = 4, .depth = 2};
+    s->student = bl_run_add_model(run, "student", bl_model_create("convnet3", &opts, 11));
+    if (!s->teacher || !s->student) return BL_ERR;
+    if (!bl_run_add_optimizer(run, "teacher", &s->teacher->params, NULL, NULL) ||
+        !bl_run_add_optimizer(run, "student", &s->student->params, NULL, NULL))
+        return BL_ERR;
+    /* the student waits for its phase */
+    for (int i = 0; i < s->student->params.count; i++) s->student->params.entries[i].tensor->requires_grad = false;
+    const int epochs = (int)bl_config_int(c, "train.epochs");
+    BL_TRY(bl_run_add_phase(run, &(bl_phase){"teacher", epochs, NULL, NULL}));
+    return bl_run_add_phase(run, &(bl_phase){"distill", epochs, distill_begin, NULL});
+}
+
+static int distill_step(bl_run *run, void *state, bl_batch *b, double *loss) {
+    const distill *s = state;
+    bl_tensor *x = bl_batch_get(b, "x");
+    if (s->teacher->params.entries[0].tensor->requires_grad)
+        return bl_run_backward_step(run, bl_batch_cross_entropy(b, bl_model_forward(s->teacher, x), bl_ce_args_default()),
+                                    loss);
+    bl_tensor *target;
+    BL_NO_GRAD { target = bl_softmax(bl_mul_scalar(bl_model_forward(s->teacher, x), 0.5), 1); }
+    bl_tensor *log_p = bl_log_softmax(bl_mul_scalar(bl_model_forward(s->student, x), 0.5), 1);
+    /* KL(target || p) up to the target's entropy, which has no gradient */
+    bl_tensor *kl = bl_mul_scalar(bl_sum(bl_mul(target, log_p)), -1.0 / (double)x->shape[0]);
+    return bl_run_backward_step(run, kl, loss);
+}
+
+static bl_tensor *distill_predict(bl_run *run, void *state, bl_batch *b) {
+    return bl_model_forward(((const distill *)state)->student, bl_batch_get(b, "x"));
+}
+
+static const bl_recipe distill_recipe = {
+    .name = "test_distill",
+    .summary = "a teacher, then a student matching its softened predictions (test only)",
+    .state_size = sizeof(distill),
+    .setup = distill_setup,
+    .step = distill_step,
+    .predict = distill_predict,
+};
+
+/* ---- a recipe that optimises images --------------------------------------------------------------- */
+
+/* The trainable thing is a (K, C, H, W) tensor of images, one per class, in a store "images" with
+ * its own Adam optimizer: each step pulls every class image towards the mean of the batch's images
+ * of that class (a distribution-matching loss in pixel space, so the optimum is known: the class
+ * means). Evaluation classifies a batch by the nearest class image. */
+typedef struct {
+    bl_tensor *images;
+} image_opt;
+
+static int image_setup(bl_run *run, void *state) {
+    image_opt *s = state;
+    const bl_tensor *im = run->train.images;
+    bl_params *store = bl_run_add_params(run, "images");
+    s->images = store ? bl_params_add(store, "images", 4,
+                                      (int64_t[]){run->num_classes, im->shape[1], im->shape[2], im->shape[3]})
+                      : NULL;
+    if (!s->images) return BL_ERR;
+    bl_optim_config adam = bl_adam_config(0.01, 0.0);
+    bl_schedule constant = bl_schedule_constant(0.01);
+    if (!bl_run_add_optimizer(run, "images", store, &adam, &constant)) return BL_ERR;
+    bl_rng *init = bl_run_add_rng(run, "image_init");
+    return init ? bl_fill_uniform_(s->images, init, -0.1, 0.1) : BL_ERR;
+}
+
+static int image_step(bl_run *run, void *state, bl_batch *b, double *loss) {
+    const image_opt *s = state;
+    bl_tensor *x = bl_batch_get(b, "x"), *y = bl_batch_get(b, "y");
+    /* the class image of each sample, minus the sample: the squared distance is minimised at the
+     * class mean */
+    bl_tensor *mine = bl_index_select(s->images, 0, y);
+    bl_tensor *d = bl_sub(mine, x);
+    return bl_run_backward_step(run, bl_mean(bl_mul(d, d)), loss);
+}
+
+static bl_tensor *image_predict(bl_run *run, void *state, bl_batch *b) {
+    const image_opt *s = state;
+    bl_tensor *x = bl_batch_get(b, "x");
+    const int64_t n = x->shape[0], k = s->images->shape[0];
+    bl_tensor *flat_x = bl_reshape(x, BL_SHAPE(n, -1)), *flat_c = bl_reshape(s->images, BL_SHAPE(k, -1));
+    /* logits = -||x - c||^2 = 2 x.c - ||c||^2 - ||x||^2; the last term is the same for every class */
+    bl_tensor *cc = bl_sum_dim(bl_mul(flat_c, flat_c), 1, false);
+    return bl_sub(bl_mul_scalar(bl_matmul(flat_x, bl_transpose(flat_c, 0, 1)), 2.0), cc);
+}
+
+static const bl_recipe image_recipe = {
+    .name = "test_image_opt",
+    .summary = "class images optimised towards the class means (test only)",
+    .state_size = sizeof(image_opt),
+    .setup = image_setup,
+    .step = image_step,
+    .predict = image_predict,
+};
+
+/* Straight through, and interrupted in the middle of the second phase and resumed: same tensors.
+ * The interrupted run is the straight run's checkpoint copied into a fresh directory. */
+static void check_mid_phase_resume(const char *method, int epochs, int cut) {
+    static char straight[1 << 15], resumed[1 << 15];
+    char tag[64];
+    snprintf(tag, sizeof tag, "%s_straight", method);
+    bl_run *run = small_run(tag, method, "", "", epochs, 1, false);
+    CHECK(run && bl_run_train(run) == BL_OK, "%s", method);
+    if (!run) return;
+    fingerprint(run, method, straight, sizeof straight);
+    bl_run_free(run);
+    char from[600], to[600], command[1600], cut_tag[64];
+    snprintf(cut_tag, sizeof cut_tag, "%s_cut", method);
+    snprintf(from, sizeof from, "%s/%s", temp_root, tag);
+    snprintf(to, sizeof to, "%s/%s", temp_root, cut_tag);
+    snprintf(command, sizeof command,
+             "mkdir -p '%s/checkpoints' && cp '%s/config.yaml' '%s/split_train.idx' '%s/split_val.idx' '%s/' && "
+             "cp -r '%s/checkpoints/epoch_%04d' '%s/checkpoints/' && "
+             "printf '{\"latest\":\"checkpoints/epoch_%04d\"}' > '%s/checkpoint.json' && "
+             "sed -i 's|%s|%s|' '%s/config.yaml'",
+             to, from, from, from, to, from, cut, to, cut, to, tag, cut_tag, to);
+    CHECK(system(command) == 0, "%s", command);
+    bl_run *again = small_run(cut_tag, method, "", "", epochs, 1, true);
+    CHECK(again && again->epoch == cut && bl_run_train(again) == BL_OK, "%s", method);
+    if (!again) return;
+    fingerprint(again, method, resumed, sizeof resumed);
+    CHECK(strcmp(straight, resumed) == 0, "%s: the resumed run ends with other tensors", method);
+    bl_run_free(again);
+}
+
+static void test_two_model_recipe(void) {
+    CHECK(bl_recipe_register(&distill_recipe) == BL_OK);
+    bl_run *run = small_run("distill", "test_distill", "", "", 8, 0, false);
+    CHECK(run && bl_run_train(run) == BL_OK);
+    if (!run) return;
+    /* The teacher's weights did not move in the distillation phase: its checkpoint at the end of
+     * phase one equals the final one. */
+    bl_model *teacher = bl_run_model(run, "teacher");
+    char path[700];
+    snprintf(path, sizeof path, "%s/checkpoints/epoch_0008/teacher.safetensors", run->dir);
+    bl_safetensors st;
+    CHECK(bl_safetensors_load(path, &st) == BL_OK, "%s", path);
+    bool same = true;
+    for (int i = 0; i < teacher->params.count; i++) {
+        const bl_tensor *saved = bl_safetensors_get(&st, teacher->params.entries[i].name);
+        same &= saved && test_max_rel_diff(saved, teacher->params.entries[i].tensor) == 0;
+    }
+    CHECK(same, "the frozen teacher changed while the student trained");
+    bl_safetensors_free(&st);
+    /* The student learned from the teacher alone: it beats chance on the test set. */
+    bl_evaluator e;
+    CHECK(bl_run_evaluate(run, &run->test, &e) == BL_OK);
+    CHECK(bl_evaluator_metric(&e, "top1") > 0.4, "student top-1 %g", bl_evaluator_metric(&e, "top1"));
+    bl_evaluator_free(&e);
+    bl_run_free(run);
+    check_mid_phase_resume("test_distill", 4, 6);
+}
+
+static void test_image_recipe(void) {
+    CHECK(bl_recipe_register(&image_recipe) == BL_OK);
+    bl_run *run = small_run("images", "test_image_opt", "", "", 30, 0, false);
+    CHECK(run && bl_run_train(run) == BL_OK);
+    if (!run) return;
+    /* The optimum is each class's mean normalised training image: the learned images approach it. */
+    bl_tensor *images = bl_params_find(bl_run_params(run, "images"), "images");
+    const bl_tensor *train = run->train.images, *labels = run->train.labels;
+    const int64_t pixels = train->shape[1] * train->shape[2] * train->shape[3];
+    double worst = 0;
+    for (int64_t k = 0; k < run->num_classes; k++) {
+        for (int64_t p = 0; p < pixels; p++) {
+            double sum = 0;
+            int64_t count = 0;
+            for (int64_t i = 0; i < labels->shape[0]; i++) {
+                if (((const int64_t *)labels->data)[i] != k) continue;
+                const int64_t channel = p / (train->shape[2] * train->shape[3]);
+                double v = ((const uint8_t *)train->data)[i * pixels + p] / 255.0;
+                sum += (v - run->augment.mean[channel]) / run->augment.std[channel];
+                count++;
+            }
+            double d = fabs(((const float *)images->data)[k * pixels + p] - sum / (double)count);
+            if (d > worst) worst = d;
+        }
+    }
+    /* synthetic images come unaugmented (no crop or flip for "synthetic"), so the mean is exact */
+    CHECK(worst < 0.05, "largest distance of a learned pixel to its class mean: %g", worst);
+    bl_evaluator e;
+    CHECK(bl_run_evaluate(run, &run->test, &e) == BL_OK);
+    CHECK(bl_evaluator_metric(&e, "top1") > 0.6, "nearest class image top-1 %g", bl_evaluator_metric(&e, "top1"));
+    bl_evaluator_free(&e);
+    bl_run_free(run);
+    check_mid_phase_resume("test_image_opt", 6, 3);
+}
+
+TEST_MAIN(TEST(test_setup), TEST(test_port_fixtures), TEST(test_resume_across_phases), TEST(test_two_model_recipe),
+          TEST(test_image_recipe), TEST(test_cleanup))
