@@ -22,22 +22,26 @@
  *   config.yaml               the resolved config
  *   log.jsonl                 one JSON object per line (the format bl_report_write reads):
  *                               {"epoch":E,"step":S,"loss":L,"lr":R,"img_per_s":V}  training
- *                               {"eval":"val"|"test","epoch":E,"step":S, ...bl_metrics_json members}
- *                               {"epoch_end":E,"step":S,"mean_loss":L,"lr":R,"seconds":T}
+ *                               {"eval":"val"|"test","epoch":E,"step":S, ...the evaluator's members}
+ *                               {"epoch_end":E,"step":S,"phase":P,"mean_loss":L,"lr":R,"seconds":T}
  *                               {"resume":E,"step":S} when a run continues from a checkpoint
  *                               {"error":"...","epoch":E,"step":S} when training stops on an error
- *                               plus records methods log themselves (bl_run_log)
+ *                               plus records recipes log themselves (bl_run_log)
  *                             epochs are 1-based in the log: "epoch":1 is the first epoch trained
- *   checkpoints/epoch_NNNN/   model.safetensors (parameters and buffers, PyTorch names),
- *                             extra.safetensors (run->extra_params, when it has entries),
- *                             optimizer.safetensors, extra_optimizer.safetensors, state.json;
- *   checkpoints/final/        the same, written after method->after_training
+ *   checkpoints/epoch_NNNN/   everything the recipe registered: <model>.safetensors per model
+ *                             (parameters and buffers, PyTorch names: the usual one is
+ *                             model.safetensors), <store>.params.safetensors per store,
+ *                             <optimizer>.optimizer.safetensors per optimizer, and state.json
+ *                             (counters, phase, random streams, optimizer settings and schedules,
+ *                             frozen parameters, the sampler)
+ *   checkpoints/final/        the same, after the last phase
  *   split_train.idx           the rows of the dataset's training set used for training, and
  *   split_val.idx             those held out for validation (bl_indices_save files; resume and
  *                             evaluation read them back instead of drawing the split again)
  *   checkpoint.json           {"latest": "checkpoints/epoch_NNNN", "epoch": E, "final": bool}
  *   results.json              the final evaluation: {"method":..,"dataset":..,"model":..,"imbalance":..,
- *                             "epochs":..,"steps":..,"train_counts":[..],"val":{...}|null,"test":{...}}
+ *                             "evaluator":..,"epochs":..,"steps":..,"train_counts":[..],"val":{...}|null,
+ *                             "test":{...}} with the evaluator's members in val and test
  * A checkpoint directory is written under a temporary name and renamed when complete, and
  * checkpoint.json is replaced atomically after it, so a crash never leaves a half checkpoint
  * that resume would pick up. */
@@ -77,9 +81,15 @@ typedef struct {
 typedef struct bl_config bl_config;
 
 /* Parses a YAML file of nested maps whose leaves are scalars or sequences of scalars. Keys are
- * stored flat, joined with dots ("train.augment.crop_pad"). Syntax errors name the file and line. */
+ * stored flat, joined with dots ("train.augment.crop_pad"). Syntax errors name the file and line.
+ * A top-level `_base_: path` (or a list of paths, merged in order) names base files relative to
+ * this file's directory, resolved recursively; this file's keys override theirs key by key (dotted
+ * keys, so a map adds to the base's map), and `_base_` itself is not stored. Errors name the file
+ * that holds the fault (a base's own file and line); a missing base names the including file and
+ * the path, and a cycle names the chain of files. */
 bl_config *bl_config_load(const char *yaml_path);
-/* The same from text in memory; `source_name` stands for the file in messages. */
+/* The same from text in memory; `source_name` stands for the file in messages. `_base_` is
+ * refused: text in memory has no directory to resolve it against. */
 bl_config *bl_config_parse(const char *yaml_text, const char *source_name);
 void bl_config_free(bl_config *c);
 /* Applies "section.key=value" (value in YAML scalar or flow-sequence syntax); the key is
