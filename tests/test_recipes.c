@@ -132,6 +132,21 @@ static void test_port_fixtures(void) {
 
 /* ---- resume ------------------------------------------------------------------------------------ */
 
+/* The directory a run killed after `cut` epochs leaves (its config, split, the epoch's checkpoint
+ * and the pointer to it), made from run `from`'s directory under the name `to`. */
+static void crashed_copy(const char *from, const char *to, int cut) {
+    char src[600], dst[600], command[2000];
+    snprintf(src, sizeof src, "%s/%s", temp_root, from);
+    snprintf(dst, sizeof dst, "%s/%s", temp_root, to);
+    snprintf(command, sizeof command,
+             "mkdir -p '%s/checkpoints' && cp '%s/split_train.idx' '%s/split_val.idx' '%s/' && "
+             "cp -r '%s/checkpoints/epoch_%04d' '%s/checkpoints/' && "
+             "printf '{\"latest\":\"checkpoints/epoch_%04d\"}' > '%s/checkpoint.json' && "
+             "sed 's|%s|%s|' '%s/config.yaml' > '%s/config.yaml'",
+             dst, src, src, dst, src, cut, dst, cut, dst, src, dst, src, dst);
+    CHECK(system(command) == 0, "%s", command);
+}
+
 static void test_resume_across_phases(void) {
     /* cRT: 3 main epochs, then 2 classifier epochs with a re-initialised classifier, a frozen
      * backbone, another sampler and a restarted optimizer with its own schedule. A run interrupted
@@ -144,18 +159,9 @@ static void test_resume_across_phases(void) {
     fingerprint(run, "crt", straight, sizeof straight);
     bl_run_free(run);
     for (int cut = 2; cut <= 4; cut++) {
-        char tag[64], from[600], to[600], command[1400];
+        char tag[64];
         snprintf(tag, sizeof tag, "crt_cut%d", cut);
-        /* the straight run's checkpoint after `cut` epochs is what a crash then leaves behind */
-        snprintf(from, sizeof from, "%s/crt_straight", temp_root);
-        snprintf(to, sizeof to, "%s/%s", temp_root, tag);
-        snprintf(command, sizeof command,
-                 "mkdir -p '%s/checkpoints' && cp '%s/config.yaml' '%s/split_train.idx' '%s/split_val.idx' '%s/' && "
-                 "cp -r '%s/checkpoints/epoch_%04d' '%s/checkpoints/' && "
-                 "printf '{\"latest\":\"checkpoints/epoch_%04d\"}' > '%s/checkpoint.json' && "
-                 "sed -i 's|crt_straight|%s|' '%s/config.yaml'",
-                 to, from, from, from, to, from, cut, to, cut, to, tag, to);
-        CHECK(system(command) == 0, "%s", command);
+        crashed_copy("crt_straight", tag, cut);
         bl_run *again = small_run(tag, "crt", "stage2_epochs: 2", "", 3, 1, true);
         CHECK(again && again->epoch == cut, "cut %d: resumed at epoch %d", cut, again ? again->epoch : -1);
         CHECK(again && bl_run_train(again) == BL_OK, "cut %d", cut);
@@ -236,6 +242,7 @@ static const bl_recipe distill_recipe = {
  * means). Evaluation classifies a batch by the nearest class image. */
 typedef struct {
     bl_tensor *images;
+    bl_rng *jitter; /* the recipe's own stream: resume must restore it */
 } image_opt;
 
 static int image_setup(bl_run *run, void *state) {
@@ -250,16 +257,20 @@ static int image_setup(bl_run *run, void *state) {
     bl_schedule constant = bl_schedule_constant(0.01);
     if (!bl_run_add_optimizer(run, "images", store, &adam, &constant)) return BL_ERR;
     bl_rng *init = bl_run_add_rng(run, "image_init");
-    return init ? bl_fill_uniform_(s->images, init, -0.1, 0.1) : BL_ERR;
+    s->jitter = bl_run_add_rng(run, "jitter");
+    return init && s->jitter ? bl_fill_uniform_(s->images, init, -0.1, 0.1) : BL_ERR;
 }
 
 static int image_step(bl_run *run, void *state, bl_batch *b, double *loss) {
     const image_opt *s = state;
     bl_tensor *x = bl_batch_get(b, "x"), *y = bl_batch_get(b, "y");
+    /* the samples jittered a little from the recipe's stream */
+    bl_tensor *noise = bl_empty(BL_F32, x->ndim, x->shape);
+    BL_TRY(bl_fill_normal_(noise, s->jitter, 0.0, 1e-3));
     /* the class image of each sample, minus the sample: the squared distance is minimised at the
      * class mean */
     bl_tensor *mine = bl_index_select(s->images, 0, y);
-    bl_tensor *d = bl_sub(mine, x);
+    bl_tensor *d = bl_sub(mine, bl_add(x, noise));
     return bl_run_backward_step(run, bl_mean(bl_mul(d, d)), loss);
 }
 
@@ -282,8 +293,7 @@ static const bl_recipe image_recipe = {
     .predict = image_predict,
 };
 
-/* Straight through, and interrupted in the middle of the second phase and resumed: same tensors.
- * The interrupted run is the straight run's checkpoint copied into a fresh directory. */
+/* Straight through, and interrupted after `cut` epochs and resumed: same tensors. */
 static void check_mid_phase_resume(const char *method, int epochs, int cut) {
     static char straight[1 << 15], resumed[1 << 15];
     char tag[64];
@@ -293,17 +303,9 @@ static void check_mid_phase_resume(const char *method, int epochs, int cut) {
     if (!run) return;
     fingerprint(run, method, straight, sizeof straight);
     bl_run_free(run);
-    char from[600], to[600], command[1600], cut_tag[64];
+    char cut_tag[64];
     snprintf(cut_tag, sizeof cut_tag, "%s_cut", method);
-    snprintf(from, sizeof from, "%s/%s", temp_root, tag);
-    snprintf(to, sizeof to, "%s/%s", temp_root, cut_tag);
-    snprintf(command, sizeof command,
-             "mkdir -p '%s/checkpoints' && cp '%s/config.yaml' '%s/split_train.idx' '%s/split_val.idx' '%s/' && "
-             "cp -r '%s/checkpoints/epoch_%04d' '%s/checkpoints/' && "
-             "printf '{\"latest\":\"checkpoints/epoch_%04d\"}' > '%s/checkpoint.json' && "
-             "sed -i 's|%s|%s|' '%s/config.yaml'",
-             to, from, from, from, to, from, cut, to, cut, to, tag, cut_tag, to);
-    CHECK(system(command) == 0, "%s", command);
+    crashed_copy(tag, cut_tag, cut);
     bl_run *again = small_run(cut_tag, method, "", "", epochs, 1, true);
     CHECK(again && again->epoch == cut && bl_run_train(again) == BL_OK, "%s", method);
     if (!again) return;
