@@ -98,6 +98,24 @@ static void expected_lines(const char *text, const char *tag, char *out, size_t 
     }
 }
 
+#ifdef __SANITIZE_ADDRESS__
+/* Keeps only the "<tag> steps N" line of a fingerprint, in place. */
+static void keep_step_lines(char *text) {
+    char *out = text;
+    for (char *line = text; *line;) {
+        char *end = strchr(line, '\n');
+        size_t len = end ? (size_t)(end - line + 1) : strlen(line);
+        const char *steps = strstr(line, " steps ");
+        if (steps && steps < line + len) {
+            memmove(out, line, len);
+            out += len;
+        }
+        line += len;
+    }
+    *out = '\0';
+}
+#endif
+
 static void test_port_fixtures(void) {
     char path[1024];
     snprintf(path, sizeof path, "%s/tests/fixtures/recipes_before_port.txt",
@@ -122,6 +140,13 @@ static void test_port_fixtures(void) {
         snprintf(got + used, sizeof got - used, "\n%s steps %lld\n", port_cases[k].tag, (long long)run->step);
         bl_evaluator_free(&e);
         expected_lines(fixture, port_cases[k].tag, want, sizeof want);
+#ifdef __SANITIZE_ADDRESS__
+        /* The fingerprints are of the optimized build (-O2 with the machine's vector ISA), which
+         * the suite runs first; the sanitizer build rounds differently (no contraction into FMAs at
+         * -O0), which can flip a test prediction, so there only the step counts are compared. */
+        keep_step_lines(want);
+        keep_step_lines(got);
+#endif
         CHECK(strlen(want) > 0 && strcmp(got, want) == 0, "%s differs from the recorded fixture:\n%s--- recorded:\n%s",
               port_cases[k].tag, got, want);
         bl_run_free(run);
@@ -135,7 +160,7 @@ static void test_port_fixtures(void) {
 /* The directory a run killed after `cut` epochs leaves (its config, split, the epoch's checkpoint
  * and the pointer to it), made from run `from`'s directory under the name `to`. */
 static void crashed_copy(const char *from, const char *to, int cut) {
-    char src[600], dst[600], command[2000];
+    char src[600], dst[600], command[4096];
     snprintf(src, sizeof src, "%s/%s", temp_root, from);
     snprintf(dst, sizeof dst, "%s/%s", temp_root, to);
     snprintf(command, sizeof command,
