@@ -160,7 +160,7 @@ static void test_port_fixtures(void) {
 /* The directory a run killed after `cut` epochs leaves (its config, split, the epoch's checkpoint
  * and the pointer to it), made from run `from`'s directory under the name `to`. */
 static void crashed_copy(const char *from, const char *to, int cut) {
-    char src[600], dst[600], command[4096];
+    char src[600], dst[600], command[8192];
     snprintf(src, sizeof src, "%s/%s", temp_root, from);
     snprintf(dst, sizeof dst, "%s/%s", temp_root, to);
     snprintf(command, sizeof command,

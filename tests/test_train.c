@@ -233,7 +233,7 @@ static void test_resume_reproduces_uninterrupted_run(void) {
 
     /* the same run killed after 2 epochs: its directory as the crash leaves it (the config, the
      * split, the epoch-2 checkpoint and the pointer to it), then continued with resume */
-    char command[4096];
+    char command[8192];
     snprintf(command, sizeof command,
              "mkdir -p '%s/checkpoints' && cp '%s/split_train.idx' '%s/' && cp -r '%s/checkpoints/epoch_0002' "
              "'%s/checkpoints/' && sed 's|%s|%s|' '%s/config.yaml' > '%s/config.yaml' && "

@@ -42,6 +42,12 @@ mmss() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
 command -v unshare >/dev/null || die "unshare (util-linux) not found"
 command -v git >/dev/null || die "git not found (the committed tree is copied with git archive)"
 git -C "$repo" rev-parse --verify -q "$rev^{commit}" >/dev/null || die "$rev: not a commit of $repo"
+deps_text=$(git -C "$repo" show "$rev:tools/install-deps.sh")
+for p in $drop; do
+    printf '%s\n' "$deps_text" |
+        grep -Eq "(^|[[:space:]\"])$(printf '%s' "$p" | sed 's/[.+]/\\&/g')([[:space:]\"]|$)" ||
+        die "FRESH_ROOT_DROP: $p is not in tools/install-deps.sh"
+done
 if ! command -v debootstrap >/dev/null; then
     say "installing debootstrap"
     apt-get update -qq
@@ -79,7 +85,9 @@ t=$(now)
 keyring=()
 [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] &&
     keyring=(--keyring=/usr/share/keyrings/debian-archive-keyring.gpg)
-if ! debootstrap "${keyring[@]}" --variant=minbase "$suite" "$root" "$mirror" >"$logs/debootstrap.log" 2>&1; then
+# (in a mount namespace of its own, so that a failing debootstrap leaves no /proc mounted in the root)
+if ! unshare --mount debootstrap "${keyring[@]}" --variant=minbase "$suite" "$root" "$mirror" \
+    >"$logs/debootstrap.log" 2>&1; then
     tail -n "$tail_lines" "$logs/debootstrap.log" >&2
     die "debootstrap failed"
 fi
@@ -110,8 +118,6 @@ git -C "$repo" archive --format=tar "$rev" | tar -x -C "$root$project"
 if [ -n "$drop" ]; then
     deps=$root$project/tools/install-deps.sh
     for p in $drop; do
-        grep -Eq "(^|[[:space:]\"])$(printf '%s' "$p" | sed 's/[.+]/\\&/g')([[:space:]\"]|$)" "$deps" ||
-            die "FRESH_ROOT_DROP: $p is not in tools/install-deps.sh"
         re=$(printf '%s' "$p" | sed 's/[.+]/\\&/g')
         sed -i -E ":a; s/(^|[[:space:]\"])$re([[:space:]\"]|$)/\1\2/; ta" "$deps"
     done
