@@ -136,6 +136,17 @@ int bl_split_holdout(const bl_tensor *labels, int64_t num_classes, int64_t per_c
 typedef struct bl_sampler bl_sampler;
 bl_sampler *bl_sampler_create(const char *kind, const bl_tensor *labels, int64_t num_classes, uint64_t seed);
 void bl_sampler_free(bl_sampler *s);
+/* "instance" sampling of n samples, for a source without labels. */
+bl_sampler *bl_sampler_instance(int64_t n, uint64_t seed);
+/* n draws with replacement, sample i with probability weights[i] / sum (weights: n non-negative
+ * values, F32 or F64, read at every epoch, so a recipe's buffer may change them between epochs;
+ * the tensor must outlive the sampler). Kind "weighted". */
+bl_sampler *bl_sampler_weighted(const bl_tensor *weights, uint64_t seed);
+/* A recipe's own order (per environment, hard examples first, ...): fn fills order[0..n) for an
+ * epoch, drawing from `rng`, the epoch's stream of (seed, epoch). `kind` names it in checkpoints
+ * and logs. */
+typedef int (*bl_sampler_fn)(void *user, int epoch, int total_epochs, bl_rng *rng, int64_t *order, int64_t n);
+bl_sampler *bl_sampler_custom(const char *kind, int64_t n, bl_sampler_fn fn, void *user, uint64_t seed);
 const char *bl_sampler_kind(const bl_sampler *s);
 /* Fills order[0..n) with dataset indices for `epoch` of `total_epochs` (n is usually N). */
 int bl_sampler_epoch(bl_sampler *s, int epoch, int total_epochs, int64_t *order, int64_t n);
@@ -240,20 +251,81 @@ bl_tensor *bl_batch_get(const bl_batch *b, const char *name);
  * the batch size. */
 int bl_batch_set(bl_batch *b, const char *name, bl_tensor *value, bl_tensor *lengths);
 
+/* ---- data sources ------------------------------------------------------------------------------ */
+
+/* A batch as plain host memory, filled on the loader's thread (no arena, no autograd): named fields
+ * whose buffers are reused from batch to batch. A variable-size field keeps every sample's rows
+ * concatenated along dimension 0 and `lengths[i]` rows for sample i. */
+typedef struct {
+    char name[BL_BATCH_FIELD_NAME_MAX];
+    bl_dtype dtype;
+    int ndim;
+    int64_t shape[BL_MAX_DIMS]; /* shape[0]: samples (fixed-size) or all samples' rows (variable) */
+    bool variable;
+    void *data;
+    size_t cap;                 /* bytes */
+    int64_t *lengths;           /* variable-size: rows per sample (size entries) */
+    size_t lengths_cap;         /* entries */
+} bl_host_field;
+
+typedef struct {
+    int64_t size; /* samples */
+    int n_fields;
+    bl_host_field fields[BL_BATCH_MAX_FIELDS];
+} bl_host_batch;
+
+/* A fixed-size field of the whole batch at once, of dtype `dt` and shape (shape[0] = samples):
+ * created or resized, its contents undefined; returns its data. */
+void *bl_host_batch_field(bl_host_batch *b, const char *name, bl_dtype dt, int ndim, const int64_t *shape);
+/* Appends one sample's value to field `name`: `sample_shape` is the sample's own shape (ndim
+ * entries); `variable` fields may differ in sample_shape[0] from sample to sample and get
+ * lengths. Every sample of a batch must give every field with the same dtype and (fixed-size)
+ * shape. */
+int bl_host_batch_append(bl_host_batch *b, const char *name, bl_dtype dt, int ndim, const int64_t *sample_shape,
+                         const void *data, bool variable);
+/* Empties the batch for the next one, keeping the buffers. */
+void bl_host_batch_reset(bl_host_batch *b);
+void bl_host_batch_free(bl_host_batch *b);
+
+/* A dataset as the loader reads it: a number of samples, and a way to produce one (get) or a
+ * batch of them (collate). A new benchmark implements this and nothing else to be loaded,
+ * shuffled, sampled and batched. Both run on the loader's thread: they must not touch the step
+ * arena or autograd, and draw randomness only from the stream they are given (the sample's, keyed
+ * by seed, epoch and position), so batches never depend on thread timing. */
+typedef struct {
+    void *self;
+    int64_t (*length)(void *self);
+    /* Appends sample `row` to `out` with bl_host_batch_append. */
+    int (*get)(void *self, int64_t row, bl_rng *rng, bl_host_batch *out);
+    /* Optional, instead of get: samples rows[0..n) at once into `out` (bl_host_batch_field);
+     * rngs[i] is sample i's stream. */
+    int (*collate)(void *self, const int64_t *rows, int64_t n, bl_rng *rngs, bl_host_batch *out);
+    void (*release)(void *self); /* optional: frees self */
+} bl_source;
+
+/* The source of a labelled image dataset: fields "x" (F32 (C, H, W) through `aug`, NULL: pixels /
+ * 255) and "y" (I64, -1 without labels). `ds` must outlive the source; `aug` is copied. */
+int bl_image_source(const bl_dataset *ds, const bl_augment *aug, bl_source *out);
+/* Frees what the source holds (release), and zeroes it. */
+void bl_source_free(bl_source *s);
+
 /* ---- the loader ------------------------------------------------------------------------------- */
 
-/* Batches of a dataset in the order a sampler gives (NULL: 0, 1, ..., N-1), transformed by `aug`
- * (NULL: pixels / 255 only). A background thread prepares batch k+1 (into the second of two
+/* Batches of a source in the order a sampler gives (NULL: 0, 1, ..., N-1); every batch also has
+ * the field "index", the rows its samples came from. A background thread prepares batch k+1 (into the second of two
  * buffers) while the caller works on batch k. The content of every batch depends only on
  * (dataset, sampler, aug, seed, epoch), never on thread timing. `ds` must outlive the loader; the
  * loader does not own the sampler. */
 typedef struct bl_loader bl_loader;
+bl_loader *bl_loader_create_source(const bl_source *src, bl_sampler *sampler, int64_t batch, bool drop_last,
+                                   uint64_t seed);
+/* The loader of an image dataset: bl_image_source(ds, aug) (the loader owns that source). */
 bl_loader *bl_loader_create(const bl_dataset *ds, bl_sampler *sampler, int64_t batch, bool drop_last,
                             const bl_augment *aug, uint64_t seed);
 /* Starts epoch `epoch` (from 0) of `total_epochs`: draws its order and sets the thread to work. */
 int bl_loader_start_epoch(bl_loader *l, int epoch, int total_epochs);
-/* The next batch, with fields "x", "y" and "index" as new step-arena tensors (the caller's
- * bl_scope_end frees them; y is -1 for a dataset without labels). False at the end of the
+/* The next batch: the source's fields and "index" as new step-arena tensors (the caller's
+ * bl_scope_end frees them). False at the end of the
  * epoch, or on error (bl_last_error() set). */
 bool bl_loader_next(bl_loader *l, bl_batch *out);
 /* Batches per epoch: N / batch, rounded down with drop_last, else up. */

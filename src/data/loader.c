@@ -1,7 +1,7 @@
-/* The training loader: a background thread turns the epoch's order into augmented batches, two
+/* The training loader: a background thread turns the epoch's order into batches of a source, two
  * buffers deep, while the caller trains on the previous batch. The caller copies a finished
  * buffer into step-arena tensors (the arena belongs to the caller's thread; the worker never
- * touches it) and hands the buffer back. Each image's randomness comes from its own stream keyed
+ * touches it) and hands the buffer back. Each sample's randomness comes from its own stream keyed
  * by (seed, epoch, position in the epoch), so batches do not depend on thread timing. */
 #include "ballast/data.h"
 
@@ -12,17 +12,16 @@
 #include <string.h>
 
 struct bl_loader {
-    const bl_dataset *ds;
+    bl_source src;
+    bool owns_source;        /* made by bl_loader_create: released with the loader */
     bl_sampler *sampler;     /* NULL: sequential order */
-    bl_augment aug;
-    bool has_aug;
-    int64_t batch, n, channels, height, width, n_batches;
+    int64_t batch, n, n_batches;
     uint64_t seed;
     int64_t *order;          /* the epoch's dataset indices, n entries */
+    bl_rng *rngs;            /* the worker's per-sample streams, batch entries */
     int epoch;
     bool started;
-    float *x[2];             /* the two batch buffers */
-    int64_t *y[2];
+    bl_host_batch buf[2];    /* the two batch buffers */
     int64_t held[2];         /* batch index a buffer holds, -1 when free */
     int64_t next_fill, next_take;
     bool busy, stop, failed;
@@ -37,18 +36,25 @@ static int64_t batch_rows(const bl_loader *l, int64_t b) {
     return rest < l->batch ? rest : l->batch;
 }
 
-/* Runs on the worker thread: transforms batch b into buffer `slot`. */
+/* Runs on the worker thread: the source's samples of batch b into buffer `slot`. */
 static int fill_batch(bl_loader *l, int64_t b, int slot) {
-    int64_t chw = l->channels * l->height * l->width;
-    const uint8_t *images = l->ds->images->data;
-    const int64_t *labels = l->ds->labels ? l->ds->labels->data : NULL;
-    for (int64_t i = 0, rows = batch_rows(l, b); i < rows; i++) {
-        int64_t position = b * l->batch + i, idx = l->order[position];
-        bl_rng rng = bl_augment_stream(l->seed, l->epoch, position);
-        BL_TRY(bl_augment_image(l->has_aug ? &l->aug : NULL, images + idx * chw, l->channels, l->height, l->width,
-                                &rng, l->x[slot] + i * chw));
-        l->y[slot][i] = labels ? labels[idx] : -1;
+    bl_host_batch *out = &l->buf[slot];
+    bl_host_batch_reset(out);
+    const int64_t rows = batch_rows(l, b), *idx = l->order + b * l->batch;
+    for (int64_t i = 0; i < rows; i++) l->rngs[i] = bl_augment_stream(l->seed, l->epoch, b * l->batch + i);
+    if (l->src.collate) {
+        BL_TRY(l->src.collate(l->src.self, idx, rows, l->rngs, out));
+        out->size = rows;
+    } else {
+        for (int64_t i = 0; i < rows; i++) {
+            BL_TRY(l->src.get(l->src.self, idx[i], &l->rngs[i], out));
+            out->size++;
+        }
     }
+    for (int f = 0; f < out->n_fields; f++)
+        BL_CHECK_RC(out->fields[f].variable || out->fields[f].shape[0] == rows,
+                    "source: field '%s' has %lld entries for a batch of %lld samples", out->fields[f].name,
+                    (long long)out->fields[f].shape[0], (long long)rows);
     return BL_OK;
 }
 
@@ -80,44 +86,29 @@ static void *worker(void *arg) {
     return NULL;
 }
 
-bl_loader *bl_loader_create(const bl_dataset *ds, bl_sampler *sampler, int64_t batch, bool drop_last,
-                            const bl_augment *aug, uint64_t seed) {
-    BL_CHECK(ds && ds->images && ds->images->dtype == BL_U8 && ds->images->ndim == 4 && bl_is_contiguous(ds->images),
-             "loader: the dataset needs contiguous U8 (N, C, H, W) images");
+bl_loader *bl_loader_create_source(const bl_source *src, bl_sampler *sampler, int64_t batch, bool drop_last,
+                                   uint64_t seed) {
+    BL_CHECK(src && src->length && (src->get || src->collate), "loader: the source needs a length and get or collate");
     BL_CHECK(batch > 0, "loader: batch size must be positive, got %lld", (long long)batch);
-    BL_CHECK(!ds->labels || (ds->labels->dtype == BL_I64 && bl_numel(ds->labels) == ds->images->shape[0] &&
-                             bl_is_contiguous(ds->labels)),
-             "loader: labels must be a contiguous I64 vector of one label per image");
+    const int64_t n = src->length(src->self);
+    BL_CHECK(n >= 0, "loader: the source has %lld samples", (long long)n);
     bl_loader *l = calloc(1, sizeof *l);
     BL_CHECK(l, "out of memory creating a loader");
-    l->ds = ds;
+    l->src = *src;
     l->sampler = sampler;
-    l->has_aug = aug != NULL;
-    if (aug) l->aug = *aug;
     l->batch = batch;
-    l->n = ds->images->shape[0];
-    l->channels = ds->images->shape[1];
-    l->height = ds->images->shape[2];
-    l->width = ds->images->shape[3];
+    l->n = n;
     l->n_batches = drop_last ? l->n / batch : (l->n + batch - 1) / batch;
     l->seed = seed;
     l->held[0] = l->held[1] = -1;
-    size_t x_bytes = ((size_t)(batch * l->channels * l->height * l->width) * sizeof(float) + 63) / 64 * 64;
     l->order = malloc((size_t)(l->n ? l->n : 1) * sizeof *l->order);
-    bool ok = l->order != NULL;
-    for (int s = 0; s < 2; s++) {
-        l->x[s] = aligned_alloc(64, x_bytes);
-        l->y[s] = malloc((size_t)batch * sizeof *l->y[s]);
-        ok = ok && l->x[s] && l->y[s];
-    }
+    l->rngs = malloc((size_t)batch * sizeof *l->rngs);
+    bool ok = l->order && l->rngs;
     pthread_mutex_init(&l->lock, NULL);
     pthread_cond_init(&l->changed, NULL);
     if (!ok || pthread_create(&l->thread, NULL, worker, l) != 0) {
-        for (int s = 0; s < 2; s++) {
-            free(l->x[s]);
-            free(l->y[s]);
-        }
         free(l->order);
+        free(l->rngs);
         pthread_mutex_destroy(&l->lock);
         pthread_cond_destroy(&l->changed);
         free(l);
@@ -125,6 +116,19 @@ bl_loader *bl_loader_create(const bl_dataset *ds, bl_sampler *sampler, int64_t b
                      (long long)batch);
         return NULL;
     }
+    return l;
+}
+
+bl_loader *bl_loader_create(const bl_dataset *ds, bl_sampler *sampler, int64_t batch, bool drop_last,
+                            const bl_augment *aug, uint64_t seed) {
+    bl_source src;
+    if (bl_image_source(ds, aug, &src) != BL_OK) return NULL;
+    bl_loader *l = bl_loader_create_source(&src, sampler, batch, drop_last, seed);
+    if (!l) {
+        bl_source_free(&src);
+        return NULL;
+    }
+    l->owns_source = true;
     return l;
 }
 
@@ -175,18 +179,18 @@ bool bl_loader_next(bl_loader *l, bl_batch *out) {
     pthread_mutex_unlock(&l->lock);
     /* The worker leaves a held buffer alone, so it is read here without the lock; the order only
      * changes in bl_loader_start_epoch, on this thread. */
+    const bl_host_batch *hb = &l->buf[slot];
     int64_t rows = batch_rows(l, b);
-    bl_tensor *x = bl_empty(BL_F32, BL_SHAPE(rows, l->channels, l->height, l->width));
-    bl_tensor *y = bl_empty(BL_I64, BL_SHAPE(rows));
-    bl_tensor *index = bl_from_data(BL_I64, 1, &rows, l->order + b * l->batch);
-    bool ok = x && y && index;
-    if (ok) {
-        memcpy(x->data, l->x[slot], bl_nbytes(x));
-        memcpy(y->data, l->y[slot], bl_nbytes(y));
-        out->size = rows;
-        ok = bl_batch_set(out, "x", x, NULL) == BL_OK && bl_batch_set(out, "y", y, NULL) == BL_OK &&
-             bl_batch_set(out, "index", index, NULL) == BL_OK;
+    out->size = rows;
+    bool ok = true;
+    for (int f = 0; ok && f < hb->n_fields; f++) {
+        const bl_host_field *hf = &hb->fields[f];
+        bl_tensor *value = bl_from_data(hf->dtype, hf->ndim, hf->shape, hf->data);
+        bl_tensor *lengths = hf->variable ? bl_from_data(BL_I64, 1, &rows, hf->lengths) : NULL;
+        ok = value && (!hf->variable || lengths) && bl_batch_set(out, hf->name, value, lengths) == BL_OK;
     }
+    bl_tensor *index = ok ? bl_from_data(BL_I64, 1, &rows, l->order + b * l->batch) : NULL;
+    ok = ok && index && bl_batch_set(out, "index", index, NULL) == BL_OK;
     pthread_mutex_lock(&l->lock);
     l->held[slot] = -1;
     l->next_take++;
@@ -206,10 +210,9 @@ void bl_loader_free(bl_loader *l) {
     pthread_join(l->thread, NULL);
     pthread_mutex_destroy(&l->lock);
     pthread_cond_destroy(&l->changed);
-    for (int s = 0; s < 2; s++) {
-        free(l->x[s]);
-        free(l->y[s]);
-    }
+    for (int s = 0; s < 2; s++) bl_host_batch_free(&l->buf[s]);
+    if (l->owns_source) bl_source_free(&l->src);
     free(l->order);
+    free(l->rngs);
     free(l);
 }
