@@ -55,13 +55,12 @@ static int evaluate_run(const char *path, const eval_targets *t, const char *spl
                         bl_evaluator *e_out, bl_metrics_summary *s) {
     bl_run *run = bl_run_open(path, t->overrides, t->n_overrides);
     if (!run) return BL_ERR;
-    const bl_dataset *ds = strcmp(split, "test") == 0 ? &run->test : strcmp(split, "val") == 0 ? &run->val : &run->train;
-    if (!ds->labels || bl_numel(ds->labels) == 0) {
+    if (bl_run_split_size(run, split) == 0) {
         bl_set_error("run %s has no %s split (dataset.val_per_class is 0)", run->dir, split);
         bl_run_free(run);
         return BL_ERR;
     }
-    if (bl_run_evaluate(run, ds, e_out) != BL_OK) {
+    if (bl_run_evaluate(run, split, e_out) != BL_OK) {
         bl_run_free(run);
         return BL_ERR;
     }

@@ -128,11 +128,11 @@ static int choose_alpha(bl_run *run, deconfound *s) {
  * run's final evaluation gives the TDE numbers, this record the alpha = 0 ones on the test set
  * (reported only; nothing is chosen with it). */
 static int log_deconfound_test(bl_run *run, deconfound *s) {
-    if (!run->test.labels || bl_numel(run->test.labels) == 0) return BL_OK;
+    if (bl_run_split_size(run, "test") == 0) return BL_OK;
     const double saved = s->fixed_alpha;
     s->fixed_alpha = 0;
     bl_evaluator e;
-    int rc = bl_run_evaluate(run, &run->test, &e);
+    int rc = bl_run_evaluate(run, "test", &e);
     s->fixed_alpha = saved;
     if (rc != BL_OK) return BL_ERR;
     char *json = bl_evaluator_json(&e);

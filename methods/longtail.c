@@ -237,13 +237,13 @@ static int copy_features(bl_run *run, bl_batch *b, void *user) {
     return BL_OK;
 }
 
-bl_tensor *bl_lt_dataset_features(bl_run *run, bl_model *model, const bl_dataset *ds) {
+bl_tensor *bl_lt_dataset_features(bl_run *run, bl_model *model, const char *split) {
     BL_CHECK(run && model, "dataset features: no model");
-    BL_CHECK(ds && ds->images && ds->images->ndim == 4 && ds->images->shape[0] > 0,
-             "dataset features: the dataset has no images");
-    features_pass pass = {model, bl_tensor_new_persistent(BL_F32, BL_SHAPE(ds->images->shape[0], model->feature_dim)), 0};
+    const int64_t n = bl_run_split_size(run, split);
+    BL_CHECK(n > 0, "dataset features: the %s split is empty", split);
+    features_pass pass = {model, bl_tensor_new_persistent(BL_F32, BL_SHAPE(n, model->feature_dim)), 0};
     if (!pass.out) return NULL;
-    if (bl_run_for_each_batch(run, ds, copy_features, &pass) != BL_OK) {
+    if (bl_run_for_each_batch(run, split, copy_features, &pass) != BL_OK) {
         bl_tensor_free(pass.out);
         return NULL;
     }
@@ -252,9 +252,9 @@ bl_tensor *bl_lt_dataset_features(bl_run *run, bl_model *model, const bl_dataset
 
 int bl_lt_grid_search(bl_run *run, bl_model *model, const bl_lt_grid *grid, bl_lt_grid_score score, void *user,
                       double *best) {
-    if (!run->val.images || run->val.images->shape[0] == 0)
+    if (bl_run_split_size(run, "val") == 0)
         return bl_lt_option_error(run, "dataset.val_per_class", "%s", grid->needs_validation);
-    bl_tensor *features = bl_lt_dataset_features(run, model, &run->val);
+    bl_tensor *features = bl_lt_dataset_features(run, model, "val");
     if (!features) return BL_ERR;
     double best_value = 0, best_accuracy = -1;
     int rc = BL_OK;

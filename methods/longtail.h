@@ -99,9 +99,9 @@ bl_model *bl_lt_add_model(bl_run *run);
  * removed from training, for classifiers whose logits use only the weights' directions. */
 int bl_lt_reset_classifier_without_bias(bl_model *m, bl_rng *rng, double bound);
 
-/* Features of every image of `ds` (eval mode, no grad, normalisation only) as a persistent F32
+/* Features of every image of a split (eval mode, no grad, normalisation only) as a persistent F32
  * (N, D) tensor the caller frees: the one forward pass a test-time parameter search needs. */
-bl_tensor *bl_lt_dataset_features(bl_run *run, bl_model *model, const bl_dataset *ds);
+bl_tensor *bl_lt_dataset_features(bl_run *run, bl_model *model, const char *split);
 
 /* Mean over classes of per-class top-1 accuracy (classes without images left out): the accuracy a
  * class-balanced test set measures, so a parameter chosen with it on a validation split whose

@@ -460,12 +460,12 @@ static void test_smoke_every_method(void) {
         /* The final checkpoint holds everything the method's evaluation needs (buffers, extra
          * parameters): the run reopened from its directory predicts exactly as the trained one. */
         bl_evaluator trained, reopened_eval;
-        CHECK(bl_run_evaluate(run, &run->test, &trained) == BL_OK, "%s", *name);
+        CHECK(bl_run_evaluate(run, "test", &trained) == BL_OK, "%s", *name);
         char dir[512];
         snprintf(dir, sizeof dir, "%s", run->dir);
         bl_run_free(run);
         bl_run *reopened = bl_run_open(dir, NULL, 0);
-        CHECK(reopened && bl_run_evaluate(reopened, &reopened->test, &reopened_eval) == BL_OK, "%s", *name);
+        CHECK(reopened && bl_run_evaluate(reopened, "test", &reopened_eval) == BL_OK, "%s", *name);
         if (reopened) {
             const bl_metrics *a = bl_evaluator_classification(&trained), *b = bl_evaluator_classification(&reopened_eval);
             bool same = a && b;
@@ -714,7 +714,7 @@ static void test_deconfound_tde_run(void) {
     CHECK_CLOSE(logged, (double)hits / (double)n_test, 1e-6);
 
     bl_evaluator trained_eval;
-    CHECK(bl_run_evaluate(run, &run->test, &trained_eval) == BL_OK);
+    CHECK(bl_run_evaluate(run, "test", &trained_eval) == BL_OK);
     const bl_metrics trained = *bl_evaluator_classification(&trained_eval);
     char dir[512];
     snprintf(dir, sizeof dir, "%s", run->dir);
@@ -726,7 +726,7 @@ static void test_deconfound_tde_run(void) {
     if (reopened) {
         CHECK_CLOSE(bl_item(bl_model_param(model_of(reopened), "tde.alpha")), stored_alpha, 1e-7);
         bl_evaluator again;
-        CHECK(bl_run_evaluate(reopened, &reopened->test, &again) == BL_OK);
+        CHECK(bl_run_evaluate(reopened, "test", &again) == BL_OK);
         for (int64_t k = 0; k < 16; k++)
             CHECK(bl_evaluator_classification(&again)->confusion[k] == trained.confusion[k], "confusion[%lld]", (long long)k);
         bl_evaluator_free(&again);
@@ -739,7 +739,7 @@ static void test_deconfound_tde_run(void) {
     CHECK(reopened != NULL);
     if (reopened) {
         bl_evaluator plain;
-        CHECK(bl_run_evaluate(reopened, &reopened->test, &plain) == BL_OK);
+        CHECK(bl_run_evaluate(reopened, "test", &plain) == BL_OK);
         int64_t correct = 0;
         for (int64_t k = 0; k < 4; k++) correct += bl_evaluator_classification(&plain)->confusion[k * 4 + k];
         CHECK_CLOSE((double)correct / (double)n_test, logged, 1e-6);

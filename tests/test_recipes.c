@@ -3,7 +3,9 @@
  * boundary and in the middle of a phase; and two recipes that exist only here, because the old
  * interface could not express them: a teacher trained in one phase and distilled into a student in
  * the next (two models, two optimizers, a frozen one), and a recipe whose trainable thing is a
- * tensor of images (no model optimizer at all). */
+ * tensor of images (no model optimizer at all). And a benchmark registered from outside the trainer
+ * (float scores, a variable-size field, no labels) trained by a regression recipe through a
+ * weighted sampler of its own. */
 #include "test.h"
 
 #include "../methods/recipes.h"
@@ -131,7 +133,7 @@ static void test_port_fixtures(void) {
         if (!run) continue;
         fingerprint(run, port_cases[k].tag, got, sizeof got);
         bl_evaluator e;
-        CHECK(bl_run_evaluate(run, &run->test, &e) == BL_OK);
+        CHECK(bl_run_evaluate(run, "test", &e) == BL_OK);
         const bl_metrics *m = bl_evaluator_classification(&e);
         size_t used = strlen(got);
         used += (size_t)snprintf(got + used, sizeof got - used, "%s confusion", port_cases[k].tag);
@@ -164,11 +166,11 @@ static void crashed_copy(const char *from, const char *to, int cut) {
     snprintf(src, sizeof src, "%s/%s", temp_root, from);
     snprintf(dst, sizeof dst, "%s/%s", temp_root, to);
     snprintf(command, sizeof command,
-             "mkdir -p '%s/checkpoints' && cp '%s/split_train.idx' '%s/split_val.idx' '%s/' && "
+             "mkdir -p '%s/checkpoints' && cp '%s'/split_*.idx '%s/' 2>/dev/null; "
              "cp -r '%s/checkpoints/epoch_%04d' '%s/checkpoints/' && "
              "printf '{\"latest\":\"checkpoints/epoch_%04d\"}' > '%s/checkpoint.json' && "
              "sed 's|%s|%s|' '%s/config.yaml' > '%s/config.yaml'",
-             dst, src, src, dst, src, cut, dst, cut, dst, src, dst, src, dst);
+             dst, src, dst, src, cut, dst, cut, dst, src, dst, src, dst);
     CHECK(system(command) == 0, "%s", command);
 }
 
@@ -360,7 +362,7 @@ static void test_two_model_recipe(void) {
     bl_safetensors_free(&st);
     /* The student learned from the teacher alone: it beats chance on the test set. */
     bl_evaluator e;
-    CHECK(bl_run_evaluate(run, &run->test, &e) == BL_OK);
+    CHECK(bl_run_evaluate(run, "test", &e) == BL_OK);
     CHECK(bl_evaluator_metric(&e, "top1") > 0.4, "student top-1 %g", bl_evaluator_metric(&e, "top1"));
     bl_evaluator_free(&e);
     bl_run_free(run);
@@ -395,12 +397,177 @@ static void test_image_recipe(void) {
     /* synthetic images come unaugmented (no crop or flip for "synthetic"), so the mean is exact */
     CHECK(worst < 0.05, "largest distance of a learned pixel to its class mean: %g", worst);
     bl_evaluator e;
-    CHECK(bl_run_evaluate(run, &run->test, &e) == BL_OK);
+    CHECK(bl_run_evaluate(run, "test", &e) == BL_OK);
     CHECK(bl_evaluator_metric(&e, "top1") > 0.6, "nearest class image top-1 %g", bl_evaluator_metric(&e, "top1"));
     bl_evaluator_free(&e);
     bl_run_free(run);
     check_mid_phase_resume("test_image_opt", 6, 3);
 }
 
+/* ---- a benchmark of its own: scores, a variable-size field, no labels ---------------------------- */
+
+/* Sample `row` of split `split`: x F32 (4) uniform from the row's stream, score = w.x + 0.5 plus a
+ * little noise, and "points", a variable-size field of row % 3 + 1 rows of 2 values (each row's
+ * first value is the sample's row, so a batch can check where its rows came from). */
+typedef struct {
+    uint64_t split_seed;
+    int64_t n;
+} score_source;
+
+static int64_t scores_length(void *self) { return ((score_source *)self)->n; }
+
+static int scores_get(void *self, int64_t row, bl_rng *rng, bl_host_batch *out) {
+    const score_source *s = self;
+    bl_rng r = bl_rng_make(s->split_seed, (uint64_t)row);
+    const float w[4] = {1.0f, -2.0f, 0.5f, 3.0f};
+    float x[4], score = 0.5f;
+    for (int i = 0; i < 4; i++) {
+        x[i] = (float)bl_rng_uniform(&r);
+        score += w[i] * x[i];
+    }
+    score += (float)(0.01 * bl_rng_normal(rng)); /* the sample's stream: differs by epoch */
+    float points[3][2];
+    const int64_t n_points = row % 3 + 1;
+    for (int64_t p = 0; p < n_points; p++) points[p][0] = (float)row, points[p][1] = (float)p;
+    BL_TRY(bl_host_batch_append(out, "x", BL_F32, 1, (int64_t[]){4}, x, false));
+    BL_TRY(bl_host_batch_append(out, "score", BL_F32, 0, NULL, &score, false));
+    return bl_host_batch_append(out, "points", BL_F32, 2, (int64_t[]){n_points, 2}, points, true);
+}
+
+static const bl_option score_options[] = {
+    {"scores.train_size", BL_OPT_INT, "192", "training samples"},
+    {"scores.test_size", BL_OPT_INT, "64", "test samples"},
+};
+
+static int scores_open(bl_run *run, const char *split, bool training, bl_source *out) {
+    memset(out, 0, sizeof *out);
+    if (strcmp(split, "val") == 0) return BL_OK; /* no validation split */
+    score_source *s = calloc(1, sizeof *s);
+    BL_CHECK_RC(s, "out of memory");
+    const bool train = strcmp(split, "train") == 0;
+    s->split_seed = train ? 1 : 2;
+    s->n = bl_config_int(run->config, train ? "dataset.scores.train_size" : "dataset.scores.test_size");
+    *out = (bl_source){.self = s, .length = scores_length, .get = scores_get, .release = free};
+    if (train) run->num_classes = 0;
+    return BL_OK;
+}
+
+static const bl_benchmark score_benchmark = {
+    .name = "test_scores",
+    .summary = "linear scores of 4 uniform features (test only)",
+    .options = score_options,
+    .n_options = 2,
+    .open = scores_open,
+};
+
+/* Linear regression of the score, trained on batches drawn by a weighted sampler that gives the
+ * second half of the training rows weight 0; the step counts rows it saw from that half, and
+ * checks each batch's variable-size field against the rows it came from. */
+typedef struct {
+    bl_tensor *w, *b, *weights;
+    int64_t forbidden_rows, bad_points;
+} score_recipe;
+
+static int scores_begin(bl_run *run, void *state) { return bl_run_set_sampler(run, "first_half"); }
+
+static int scores_setup(bl_run *run, void *state) {
+    score_recipe *s = state;
+    bl_params *p = bl_run_add_params(run, "linear");
+    const int64_t n = bl_run_split_size(run, "train");
+    s->w = p ? bl_params_add(p, "weight", 1, (int64_t[]){4}) : NULL;
+    s->b = p ? bl_params_add(p, "bias", 1, (int64_t[]){1}) : NULL;
+    s->weights = p ? bl_params_add_buffer(p, "sample_weights", BL_F32, 1, &n) : NULL;
+    if (!s->w || !s->b || !s->weights || !bl_run_add_optimizer(run, "linear", p, NULL, NULL)) return BL_ERR;
+    for (int64_t i = 0; i < n; i++) ((float *)s->weights->data)[i] = i < n / 2 ? 1.0f : 0.0f;
+    BL_TRY(bl_run_add_sampler(run, "first_half", bl_sampler_weighted(s->weights, 5)));
+    return bl_run_add_phase(run, &(bl_phase){"main", (int)bl_config_int(run->config, "train.epochs"), scores_begin});
+}
+
+static bl_tensor *scores_forward(const score_recipe *s, bl_batch *b) {
+    return bl_add(bl_matmul(bl_batch_get(b, "x"), bl_reshape(s->w, BL_SHAPE(4, 1))), s->b);
+}
+
+static int scores_step(bl_run *run, void *state, bl_batch *b, double *loss) {
+    score_recipe *s = state;
+    const int64_t *index = bl_batch_get(b, "index")->data, half = bl_run_split_size(run, "train") / 2;
+    const int64_t *lengths = NULL;
+    for (int f = 0; f < b->n_fields; f++)
+        if (strcmp(b->fields[f].name, "points") == 0 && b->fields[f].lengths) lengths = b->fields[f].lengths->data;
+    const float *points = bl_batch_get(b, "points")->data;
+    int64_t at = 0;
+    for (int64_t i = 0; i < b->size; i++) {
+        s->forbidden_rows += index[i] >= half;
+        s->bad_points += !lengths || lengths[i] != index[i] % 3 + 1;
+        for (int64_t p = 0; lengths && p < lengths[i]; p++, at++) s->bad_points += points[2 * at] != (float)index[i];
+    }
+    bl_tensor *d = bl_sub(bl_reshape(scores_forward(s, b), BL_SHAPE(b->size)), bl_batch_get(b, "score"));
+    return bl_run_backward_step(run, bl_mean(bl_mul(d, d)), loss);
+}
+
+static bl_tensor *scores_predict(bl_run *run, void *state, bl_batch *b) {
+    return bl_reshape(scores_forward(state, b), BL_SHAPE(b->size));
+}
+
+static const bl_recipe scores_recipe = {
+    .name = "test_scores_linear",
+    .summary = "linear regression of the test benchmark's scores (test only)",
+    .state_size = sizeof(score_recipe),
+    .evaluator = "regression",
+    .setup = scores_setup,
+    .step = scores_step,
+    .predict = scores_predict,
+};
+
+static bl_run *scores_run(const char *tag, bool resume) {
+    char yaml[1024];
+    snprintf(yaml, sizeof yaml,
+             "dataset: {name: test_scores, scores: {train_size: 192}}\n"
+             "train: {epochs: 12, batch_size: 16, optimizer: adam, lr: 0.05, weight_decay: 0, schedule: constant,\n"
+             "        checkpoint_every: 1, log_every: 1000, threads: 1, seed: 3}\n"
+             "method: {name: test_scores_linear}\n"
+             "output: {dir: %s/%s}\n",
+             temp_root, tag);
+    bl_config *config = bl_config_parse(yaml, tag);
+    return config ? bl_run_create(config, &(bl_run_opts){.quiet = true, .resume = resume}) : NULL;
+}
+
+static void test_benchmark_of_its_own(void) {
+    CHECK(bl_benchmark_register(&score_benchmark) == BL_OK && bl_recipe_register(&scores_recipe) == BL_OK);
+    bl_run *run = scores_run("scores", false);
+    CHECK(run && bl_run_train(run) == BL_OK);
+    if (!run) return;
+    const score_recipe *s = run->recipe_state;
+    CHECK(s->forbidden_rows == 0, "%lld training rows of weight 0 were drawn", (long long)s->forbidden_rows);
+    CHECK(s->bad_points == 0, "%lld variable-size entries did not match their rows", (long long)s->bad_points);
+    CHECK(run->step == 12 * (192 / 16));
+    /* the regression evaluator on the test split: near-perfect ranking of a learnable score */
+    bl_evaluator e;
+    CHECK(bl_run_evaluate(run, "test", &e) == BL_OK);
+    double srcc;
+    const char *primary = bl_evaluator_primary(&e, &srcc);
+    CHECK(primary && strcmp(primary, "srcc") == 0 && srcc > 0.95, "%s %g", primary ? primary : "?", srcc);
+    CHECK(bl_evaluator_metric(&e, "plcc") > 0.95 && bl_evaluator_metric(&e, "rmse") < 0.2, "plcc %g rmse %g",
+          bl_evaluator_metric(&e, "plcc"), bl_evaluator_metric(&e, "rmse"));
+    bl_evaluator_free(&e);
+    char path[700];
+    snprintf(path, sizeof path, "%s/results.json", run->dir);
+    char *results = bl_file_read(path, NULL);
+    CHECK(results && strstr(results, "\"evaluator\":\"regression\"") && strstr(results, "\"srcc\":"), "%s",
+          results ? results : path);
+    free(results);
+    static char straight[1 << 12], resumed[1 << 12];
+    fingerprint(run, "scores", straight, sizeof straight);
+    bl_run_free(run);
+    /* resumed after epoch 5: the weighted sampler (a registered one) and its buffer come back */
+    crashed_copy("scores", "scores_cut", 5);
+    bl_run *again = scores_run("scores_cut", true);
+    CHECK(again && again->epoch == 5 && bl_run_train(again) == BL_OK);
+    if (!again) return;
+    fingerprint(again, "scores", resumed, sizeof resumed);
+    CHECK(strcmp(straight, resumed) == 0, "the resumed run ends with other weights");
+    CHECK(((const score_recipe *)again->recipe_state)->forbidden_rows == 0);
+    bl_run_free(again);
+}
+
 TEST_MAIN(TEST(test_setup), TEST(test_port_fixtures), TEST(test_resume_across_phases), TEST(test_two_model_recipe),
-          TEST(test_image_recipe), TEST(test_cleanup))
+          TEST(test_image_recipe), TEST(test_benchmark_of_its_own), TEST(test_cleanup))

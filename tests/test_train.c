@@ -163,7 +163,7 @@ static void test_tiny_run_end_to_end(void) {
         CHECK(opened->epoch == 4 && opened->log == NULL);
         bl_evaluator e;
         bl_metrics_summary s = {0};
-        CHECK(bl_run_evaluate(opened, &opened->test, &e) == BL_OK);
+        CHECK(bl_run_evaluate(opened, "test", &e) == BL_OK);
         bl_metrics *m = bl_evaluator_classification(&e);
         CHECK(m && bl_metrics_summarize(m, opened->class_counts, &s) == BL_OK);
         top1[i] = s.top1;

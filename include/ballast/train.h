@@ -187,6 +187,26 @@ const bl_recipe *bl_recipe_find(const char *name);
 /* NULL-terminated list of registered recipe names, in registration order. */
 const char *const *bl_recipe_names(void);
 
+/* ---- benchmarks ------------------------------------------------------------------------------- */
+
+/* A dataset the trainer loads by dataset.name that is not a folder of labelled images: a benchmark
+ * built by its own code (attributes, scores, boxes, frames), registered from outside the trainer.
+ * `open` makes the source of a split ("train", "val", "test"; `training`: with the random
+ * transforms of training batches), or leaves out->length NULL when the benchmark has no such split;
+ * opening "train" sets run->num_classes (0 when it has no classes) and may fill run->class_counts.
+ * Its options live under "dataset.". */
+typedef struct bl_benchmark {
+    const char *name;
+    const char *summary;
+    const bl_option *options;
+    int n_options;
+    int (*open)(bl_run *run, const char *split, bool training, bl_source *out);
+} bl_benchmark;
+
+int bl_benchmark_register(const bl_benchmark *benchmark);
+/* The benchmark registered as `name`, or NULL (no error set). */
+const bl_benchmark *bl_benchmark_find(const char *name);
+
 /* ---- runs ------------------------------------------------------------------------------------- */
 
 struct bl_progress;     /* private: the terminal progress display */
@@ -195,9 +215,12 @@ struct bl_run_registry; /* private: what the recipe registered */
 struct bl_run {
     bl_config *config;          /* resolved; owned by the run */
     char dir[512];              /* run directory */
-    bl_dataset train, val, test;/* val: drawn from the training data (empty when val_per_class is 0) */
+    bl_dataset train, val, test;/* an image dataset's splits (val: drawn from the training data, empty
+                                 * when val_per_class is 0); empty for a registered benchmark, which
+                                 * the run reads through sources only */
     int64_t num_classes;
-    int64_t *class_counts;      /* training images per class (num_classes entries) */
+    int64_t *class_counts;      /* training images per class (num_classes entries; NULL when the
+                                 * data has no classes) */
     bl_augment augment;         /* training transforms (mean/std also used for evaluation) */
     int64_t batch_size;
     int epoch, epochs;          /* epochs completed so far across all phases, and their total */
@@ -246,7 +269,11 @@ bl_optimizer *bl_run_optimizer(const bl_run *run, const char *name);
  * training steps, so BatchNorm statistics stay fixed as well. `keep_classifier` false freezes the
  * classifier too (a frozen teacher). Saved in checkpoints. */
 int bl_run_freeze(bl_run *run, const char *model, bool frozen, bool keep_classifier);
-/* Replaces the training sampler ("instance", "class_balanced", "sqrt", "progressive"); saved in
+/* A sampler of the recipe's own (bl_sampler_weighted over a per-sample buffer, bl_sampler_custom),
+ * owned by the run from here on, which bl_run_set_sampler can then select by `name`. */
+int bl_run_add_sampler(bl_run *run, const char *name, bl_sampler *sampler);
+/* Replaces the training sampler: a registered one by name, else a kind the data library makes from
+ * the training labels ("instance", "class_balanced", "sqrt", "progressive"); saved in
  * checkpoints. */
 int bl_run_set_sampler(bl_run *run, const char *kind);
 
@@ -330,14 +357,17 @@ void bl_evaluator_free(bl_evaluator *e);
  * another kind. */
 bl_metrics *bl_evaluator_classification(const bl_evaluator *e);
 
-/* Calls fn on every batch of a dataset, in order, with the evaluation transforms (normalization
+/* The samples of a split, "train", "val" or "test", as evaluation reads them (no random
+ * transform); 0 for a split the run does not have (no validation split). */
+int64_t bl_run_split_size(const bl_run *run, const char *split);
+/* Calls fn on every batch of a split, in order, with the evaluation transforms (normalization
  * only), every registered model in eval mode and grad mode off; each call inside its own arena
  * scope. The pass evaluation and recipes' feature extraction share. */
 typedef int (*bl_batch_fn)(bl_run *run, bl_batch *batch, void *user);
-int bl_run_for_each_batch(bl_run *run, const bl_dataset *ds, bl_batch_fn fn, void *user);
-/* Evaluates the run's recipe on a dataset in batches through recipe->predict (eval mode, no grad,
- * normalize only) with the recipe's evaluator; *out is freed with bl_evaluator_free. */
-int bl_run_evaluate(bl_run *run, const bl_dataset *ds, bl_evaluator *out);
+int bl_run_for_each_batch(bl_run *run, const char *split, bl_batch_fn fn, void *user);
+/* Evaluates the run's recipe on a split in batches through recipe->predict (eval mode, no grad)
+ * with the recipe's evaluator; *out is freed with bl_evaluator_free. */
+int bl_run_evaluate(bl_run *run, const char *split, bl_evaluator *out);
 
 /* ---- learning-rate schedules from a config ------------------------------------------------------ */
 

@@ -241,14 +241,13 @@ bl_metrics *bl_evaluator_classification(const bl_evaluator *e) {
 
 /* ---- evaluating a run ------------------------------------------------------------------------ */
 
-int bl_run_for_each_batch(bl_run *run, const bl_dataset *ds, bl_batch_fn fn, void *user) {
-    BL_CHECK_RC(run && ds && fn, "bl_run_for_each_batch: NULL argument");
-    if (!ds->images || ds->images->shape[0] == 0) return BL_OK;
-    bl_augment plain = {0}; /* evaluation: the training normalization, no random transform */
-    memcpy(plain.mean, run->augment.mean, sizeof plain.mean);
-    memcpy(plain.std, run->augment.std, sizeof plain.std);
-    bl_loader *l = bl_loader_create(ds, NULL, bl_config_int(run->config, "train.eval_batch_size"), false, &plain,
-                                    EVAL_LOADER_SEED);
+int bl_run_for_each_batch(bl_run *run, const char *split, bl_batch_fn fn, void *user) {
+    BL_CHECK_RC(run && run->registry && fn, "bl_run_for_each_batch: NULL argument");
+    const bl_source *src = bl__split_source(run, split);
+    if (!src) return BL_ERR;
+    if (!src->length || src->length(src->self) == 0) return BL_OK;
+    bl_loader *l = bl_loader_create_source(src, NULL, bl_config_int(run->config, "train.eval_batch_size"), false,
+                                           EVAL_LOADER_SEED);
     if (!l || bl_loader_start_epoch(l, 0, 1) != BL_OK) {
         bl_loader_free(l);
         return BL_ERR;
@@ -281,14 +280,14 @@ static int evaluate_batch(bl_run *run, bl_batch *batch, void *user) {
     return prediction ? e->kind->add(e->self, prediction, batch) : BL_ERR;
 }
 
-int bl_run_evaluate(bl_run *run, const bl_dataset *ds, bl_evaluator *out) {
-    BL_CHECK_RC(run && ds && out, "bl_run_evaluate: NULL argument");
+int bl_run_evaluate(bl_run *run, const char *split, bl_evaluator *out) {
+    BL_CHECK_RC(run && split && out, "bl_run_evaluate: NULL argument");
     memset(out, 0, sizeof *out);
     out->kind = bl_evaluator_find(run->recipe->evaluator ? run->recipe->evaluator : "classification");
     if (!out->kind) return bl__add_context("recipe %s", run->recipe->name);
     out->self = out->kind->create(run);
     if (!out->self) return BL_ERR;
-    if (bl_run_for_each_batch(run, ds, evaluate_batch, out) != BL_OK) {
+    if (bl_run_for_each_batch(run, split, evaluate_batch, out) != BL_OK) {
         bl_evaluator_free(out);
         return bl__add_context("recipe %s: evaluation", run->recipe->name);
     }

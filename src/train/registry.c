@@ -169,6 +169,23 @@ bl_rng *bl_run_add_rng(bl_run *run, const char *name) {
     return &e->rng;
 }
 
+int bl_run_add_sampler(bl_run *run, const char *name, bl_sampler *sampler) {
+    if (check_name(run, "sampler", name, run && run->registry ? run->registry->n_samplers : 0) != BL_OK) {
+        bl_sampler_free(sampler);
+        return BL_ERR;
+    }
+    struct bl_run_registry *r = run->registry;
+    for (int i = 0; i < r->n_samplers; i++)
+        if (strcmp(r->sampler_names[i], name) == 0) {
+            bl_sampler_free(sampler);
+            BL_CHECK_RC(false, "sampler '%s' is registered twice", name);
+        }
+    BL_CHECK_RC(sampler, "sampler '%s': no sampler", name);
+    snprintf(r->sampler_names[r->n_samplers], BL__REG_NAME_MAX, "%s", name);
+    r->samplers[r->n_samplers++] = sampler;
+    return BL_OK;
+}
+
 int bl_run_add_phase(bl_run *run, const bl_phase *phase) {
     BL_CHECK_RC(run && run->registry && phase && phase->name, "bl_run_add_phase: NULL argument");
     struct bl_run_registry *r = run->registry;
@@ -257,7 +274,10 @@ void bl__registry_free(bl_run *run) {
     struct bl_run_registry *r = run->registry;
     if (!r) return;
     bl_loader_free(r->loader);
-    bl_sampler_free(r->sampler);
+    if (r->sampler_owned) bl_sampler_free(r->sampler);
+    for (int i = 0; i < r->n_samplers; i++) bl_sampler_free(r->samplers[i]);
+    bl_source_free(&r->train_source);
+    for (int i = 0; i < 3; i++) bl_source_free(&r->eval_sources[i]);
     for (int i = 0; i < r->n_optimizers; i++) {
         bl_optimizer_free(&r->optimizers[i]->opt);
         free(r->optimizers[i]);
@@ -332,7 +352,7 @@ static int write_state(const bl_run *run, const char *path, bool final) {
                     run->epoch, (long long)run->step, final ? "true" : "false", r->phase, r->phase_epoch,
                     r->phase_begun ? "true" : "false");
     bl__text_append(&t, "\"sampler\":");
-    bl__text_append_json_string(&t, r->sampler ? bl_sampler_kind(r->sampler) : "");
+    bl__text_append_json_string(&t, r->sampler ? r->sampler_name : "");
     bl__text_append(&t, ",\"rngs\":{");
     write_rng(&t, "run", &run->rng, true);
     for (int i = 0; i < r->n_rngs; i++) write_rng(&t, r->rngs[i]->name, &r->rngs[i]->rng, false);
@@ -525,7 +545,7 @@ static int load_state(bl_run *run, const char *path, bool for_training) {
     bl__json_pool_free(&pool);
     free(text);
     if (!rd.ok) return BL_ERR;
-    if (for_training && *kind && (!r->sampler || strcmp(kind, bl_sampler_kind(r->sampler)) != 0))
+    if (for_training && *kind && (!r->sampler || strcmp(kind, r->sampler_name) != 0))
         BL_TRY(bl_run_set_sampler(run, kind));
     return BL_OK;
 }

@@ -224,7 +224,7 @@ static int fill_augment(bl_run *run) {
     return BL_OK;
 }
 
-int bl__build_data(bl_run *run, bool save) {
+static int build_image_data(bl_run *run, bool save) {
     bl_dataset full = {0};
     int rc = load_source(run->config, &full, &run->test);
     if (rc == BL_OK && !(full.labels && run->test.labels)) {
@@ -269,5 +269,74 @@ int bl__build_data(bl_run *run, bool save) {
     if (rc != BL_OK) return BL_ERR;
     if (bl_class_counts(run->train.labels, k, run->class_counts) < 0) return BL_ERR;
     return fill_augment(run);
+}
+
+/* The image splits as sources: training batches through the training transforms, evaluation
+ * through the normalization alone. */
+static int image_sources(bl_run *run) {
+    struct bl_run_registry *r = run->registry;
+    bl_augment plain = {0};
+    memcpy(plain.mean, run->augment.mean, sizeof plain.mean);
+    memcpy(plain.std, run->augment.std, sizeof plain.std);
+    BL_TRY(bl_image_source(&run->train, &run->augment, &r->train_source));
+    const bl_dataset *splits[3] = {&run->train, &run->val, &run->test};
+    for (int i = 0; i < 3; i++)
+        if (splits[i]->images) BL_TRY(bl_image_source(splits[i], &plain, &r->eval_sources[i]));
+    return BL_OK;
+}
+
+/* ---- registered benchmarks ------------------------------------------------------------------ */
+
+#define MAX_BENCHMARKS 64
+static const bl_benchmark *benchmarks[MAX_BENCHMARKS];
+static int n_benchmarks;
+
+int bl_benchmark_register(const bl_benchmark *b) {
+    BL_CHECK_RC(b && b->name && b->open, "bl_benchmark_register: a benchmark needs a name and open");
+    for (int i = 0; i < n_benchmarks; i++) {
+        if (benchmarks[i] == b) return BL_OK;
+        BL_CHECK_RC(strcmp(benchmarks[i]->name, b->name) != 0, "benchmark '%s' is registered twice", b->name);
+    }
+    BL_CHECK_RC(n_benchmarks < MAX_BENCHMARKS, "benchmark '%s': at most %d", b->name, MAX_BENCHMARKS);
+    benchmarks[n_benchmarks++] = b;
+    return BL_OK;
+}
+
+const bl_benchmark *bl_benchmark_find(const char *name) {
+    for (int i = 0; name && i < n_benchmarks; i++)
+        if (strcmp(benchmarks[i]->name, name) == 0) return benchmarks[i];
+    return NULL;
+}
+
+static int benchmark_sources(bl_run *run, const bl_benchmark *b) {
+    struct bl_run_registry *r = run->registry;
+    const char *names[3] = {"train", "val", "test"};
+    if (b->open(run, "train", true, &r->train_source) != BL_OK)
+        return bl__add_context("dataset %s: the train split", b->name);
+    BL_CHECK_RC(r->train_source.length && (r->train_source.get || r->train_source.collate),
+                "dataset %s: the benchmark has no train split", b->name);
+    for (int i = 0; i < 3; i++)
+        if (b->open(run, names[i], false, &r->eval_sources[i]) != BL_OK)
+            return bl__add_context("dataset %s: the %s split", b->name, names[i]);
+    return BL_OK;
+}
+
+int bl__build_data(bl_run *run, bool save) {
+    const bl_benchmark *b = bl_benchmark_find(bl_config_string(run->config, "dataset.name"));
+    if (b) return benchmark_sources(run, b);
+    BL_TRY(build_image_data(run, save));
+    return image_sources(run);
+}
+
+const bl_source *bl__split_source(const bl_run *run, const char *split) {
+    const char *names[3] = {"train", "val", "test"};
+    for (int i = 0; split && i < 3; i++)
+        if (strcmp(split, names[i]) == 0) return &run->registry->eval_sources[i];
+    BL_CHECK(false, "no split '%s' (train, val, test)", split ? split : "(null)");
+}
+
+int64_t bl_run_split_size(const bl_run *run, const char *split) {
+    const bl_source *s = run && run->registry ? bl__split_source(run, split) : NULL;
+    return s && s->length ? s->length(s->self) : 0;
 }
 

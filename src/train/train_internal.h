@@ -91,10 +91,20 @@ struct bl_run_registry {
     int phase_epoch;    /* epochs of it completed */
     bool phase_begun;   /* its begin hook has run */
     bool setup_done;    /* registration is closed */
-    bl_sampler *sampler;
+    bl_sampler *samplers[BL__REG_MAX]; /* the recipe's own (bl_run_add_sampler) */
+    char sampler_names[BL__REG_MAX][BL__REG_NAME_MAX];
+    int n_samplers;
+    bl_sampler *sampler;   /* the current one: registered, or made from a kind */
+    bool sampler_owned;    /* made from a kind, freed when replaced */
+    char sampler_name[BL__REG_NAME_MAX]; /* what bl_run_set_sampler was given: a name or a kind */
     bl_loader *loader;
-    bl_mix_args mix;    /* train.augment.mixup / cutmix, applied to every training batch */
+    bl_mix_args mix;       /* train.augment.mixup / cutmix, applied to every training batch */
+    /* the splits as sources: training batches (random transforms), and each split for evaluation */
+    bl_source train_source, eval_sources[3]; /* eval: train, val, test */
 };
+
+/* The evaluation source of "train", "val" or "test"; NULL (with an error) for another name. */
+const bl_source *bl__split_source(const bl_run *run, const char *split);
 
 void bl__registry_free(bl_run *run);
 /* After recipe->setup: finalizes the stores, adds the default phase when the recipe added none,

@@ -118,6 +118,9 @@ static bool is_synthetic(const bl_config *c) {
 int bl__config_validate(bl_config *c) {
     BL_TRY(bl_config_declare(c, NULL, trainer_options, N_TRAINER_OPTIONS));
     if (is_synthetic(c)) BL_TRY(bl_config_declare(c, NULL, synthetic_options, N_SYNTHETIC_OPTIONS));
+    const char *dataset = bl_config_has(c, "dataset.name") ? bl_config_string(c, "dataset.name") : NULL;
+    const bl_benchmark *benchmark = dataset ? bl_benchmark_find(dataset) : NULL;
+    if (benchmark) BL_TRY(bl_config_declare(c, "dataset.", benchmark->options, benchmark->n_options));
     const char *name = bl_config_string(c, "method.name");
     const bl_recipe *m = name ? bl_recipe_find(name) : NULL;
     if (!m) return bl__add_context("%s: method.name", bl_config_source(c));
@@ -182,20 +185,39 @@ static uint64_t data_seed(const bl_run *run) {
     return (uint64_t)bl_config_int(run->config, "train.seed") ^ SAMPLER_SEED_SALT;
 }
 
+/* The sampler `kind` names: the recipe's registered one, else one made from the training labels
+ * (or, for unlabelled data, instance sampling); *owned tells which. */
+static bl_sampler *find_or_make_sampler(bl_run *run, const char *kind, bool *owned) {
+    struct bl_run_registry *r = run->registry;
+    for (int i = 0; i < r->n_samplers; i++)
+        if (strcmp(r->sampler_names[i], kind) == 0) {
+            *owned = false;
+            return r->samplers[i];
+        }
+    *owned = true;
+    if (run->train.labels) return bl_sampler_create(kind, run->train.labels, run->num_classes, data_seed(run));
+    BL_CHECK(strcmp(kind, "instance") == 0, "sampler '%s' needs labels, and this dataset has none", kind);
+    return bl_sampler_instance(r->train_source.length(r->train_source.self), data_seed(run));
+}
+
 int bl_run_set_sampler(bl_run *run, const char *kind) {
     BL_CHECK_RC(run && run->registry && kind, "bl_run_set_sampler: NULL argument");
     struct bl_run_registry *r = run->registry;
-    bl_sampler *s = bl_sampler_create(kind, run->train.labels, run->num_classes, data_seed(run));
+    BL_CHECK_RC(strlen(kind) < BL__REG_NAME_MAX, "sampler '%s': the name is too long", kind);
+    bool owned;
+    bl_sampler *s = find_or_make_sampler(run, kind, &owned);
     if (!s) return bl__add_context("%s: sampler '%s'", bl_config_source(run->config), kind);
-    bl_loader *l = bl_loader_create(&run->train, s, run->batch_size, bl_config_bool(run->config, "train.drop_last"),
-                                    &run->augment, data_seed(run));
+    bl_loader *l = bl_loader_create_source(&r->train_source, s, run->batch_size,
+                                           bl_config_bool(run->config, "train.drop_last"), data_seed(run));
     if (!l) {
-        bl_sampler_free(s);
+        if (owned) bl_sampler_free(s);
         return BL_ERR;
     }
     bl_loader_free(r->loader);
-    bl_sampler_free(r->sampler);
+    if (r->sampler_owned) bl_sampler_free(r->sampler);
     r->sampler = s;
+    r->sampler_owned = owned;
+    snprintf(r->sampler_name, sizeof r->sampler_name, "%s", kind);
     r->loader = l;
     return BL_OK;
 }
@@ -249,10 +271,9 @@ int bl__run_build(bl_run *run, bool for_training) {
 
 /* Evaluates on a split and appends the record to the log; the primary metric goes to *primary
  * (its name to *name), the record's members to *json_out when asked. */
-static int evaluate_and_log(bl_run *run, const bl_dataset *ds, const char *split, double *primary, const char **name,
-                            char **json_out) {
+static int evaluate_and_log(bl_run *run, const char *split, double *primary, const char **name, char **json_out) {
     bl_evaluator e;
-    BL_TRY(bl_run_evaluate(run, ds, &e));
+    BL_TRY(bl_run_evaluate(run, split, &e));
     char *members = bl_evaluator_json(&e);
     const char *metric = bl_evaluator_primary(&e, primary);
     if (name) *name = metric;
@@ -328,11 +349,11 @@ static int train_phase_epochs(bl_run *run, const bl_phase *phase) {
     if (r->phase_epoch >= phase->epochs) return BL_OK;
     BL_CHECK_RC(r->loader, "phase %s: the run has no training loader", phase->name);
     int64_t steps = bl_loader_batches(r->loader);
-    BL_CHECK_RC(steps > 0, "%s: %lld training images make no full batch of %lld (train.batch_size)",
-                bl_config_source(c), (long long)bl_numel(run->train.labels), (long long)run->batch_size);
+    BL_CHECK_RC(steps > 0, "%s: %lld training samples make no full batch of %lld (train.batch_size)",
+                bl_config_source(c), (long long)bl_run_split_size(run, "train"), (long long)run->batch_size);
     int64_t log_every = bl_config_int(c, "train.log_every");
     int eval_every = (int)bl_config_int(c, "train.eval_every"), ckpt_every = (int)bl_config_int(c, "train.checkpoint_every");
-    bool have_val = run->val.labels && bl_numel(run->val.labels) > 0;
+    bool have_val = bl_run_split_size(run, "val") > 0;
     if (run->progress) bl__progress_begin(run->progress, (int64_t)(phase->epochs - r->phase_epoch) * steps);
 
     while (r->phase_epoch < phase->epochs) {
@@ -392,7 +413,7 @@ static int train_phase_epochs(bl_run *run, const bl_phase *phase) {
         if (have_val && eval_every > 0 && (run->epoch % eval_every == 0 || r->phase_epoch == phase->epochs)) {
             double value;
             const char *metric;
-            BL_TRY(evaluate_and_log(run, &run->val, "val", &value, &metric, NULL));
+            BL_TRY(evaluate_and_log(run, "val", &value, &metric, NULL));
             snprintf(note, sizeof note, "val %s %.4f", metric, value);
         }
         if (run->progress) bl__progress_epoch_end(run->progress, mean_loss, note);
@@ -433,7 +454,7 @@ static int write_results(bl_run *run, const char *evaluator, const char *val_jso
                     run->recipe->name, bl_config_string(c, "dataset.name"), bl_config_string(c, "model.name"),
                     bl_config_float(c, "dataset.imbalance"), evaluator);
     bl__text_printf(&t, "\"epochs\":%d,\"steps\":%lld,\"train_counts\":[", run->epoch, (long long)run->step);
-    for (int64_t k = 0; k < run->num_classes; k++)
+    for (int64_t k = 0; run->class_counts && k < run->num_classes; k++)
         bl__text_printf(&t, "%s%lld", k ? "," : "", (long long)run->class_counts[k]);
     bl__text_append(&t, "],\"val\":");
     if (val_json) bl__text_printf(&t, "{%s}", val_json);
@@ -457,11 +478,11 @@ int bl_run_train(bl_run *run) {
         }
     }
     char *val_json = NULL, *test_json = NULL;
-    bool have_val = run->val.labels && bl_numel(run->val.labels) > 0;
+    bool have_val = bl_run_split_size(run, "val") > 0;
     double val_value = NAN, test_value = NAN;
     const char *metric = "";
-    int rc = have_val ? evaluate_and_log(run, &run->val, "val", &val_value, &metric, &val_json) : BL_OK;
-    if (rc == BL_OK) rc = evaluate_and_log(run, &run->test, "test", &test_value, &metric, &test_json);
+    int rc = have_val ? evaluate_and_log(run, "val", &val_value, &metric, &val_json) : BL_OK;
+    if (rc == BL_OK) rc = evaluate_and_log(run, "test", &test_value, &metric, &test_json);
     const char *evaluator = run->recipe->evaluator ? run->recipe->evaluator : "classification";
     if (rc == BL_OK) rc = write_results(run, evaluator, val_json, test_json);
     if (rc == BL_OK && !run->quiet)
