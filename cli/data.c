@@ -32,34 +32,13 @@ static const char usage[] =
     "       ballast data longtail NAME [--imbalance R] [--profile exp|step] [--seed S] [--out FILE]\n"
     "       ballast data bench [NAME] [--root DIR] [--batch N]";
 
-static bool exists(const char *path, bool want_dir) {
-    struct stat st;
-    return stat(path, &st) == 0 && (want_dir ? S_ISDIR(st.st_mode) : S_ISREG(st.st_mode));
-}
-
 /* A dataset file under `dir`, plain or gzip'ed. */
 static bool file_present(const char *dir, const char *name) {
     char path[1200];
     snprintf(path, sizeof path, "%s/%s", dir, name);
-    if (exists(path, false)) return true;
+    if (bl_is_file(path)) return true;
     snprintf(path, sizeof path, "%s/%s.gz", dir, name);
-    return exists(path, false);
-}
-
-static int mkdirs(const char *path) {
-    char buf[1024];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1; *p; p++)
-        if (*p == '/') {
-            *p = '\0';
-            if (mkdir(buf, 0755) != 0 && errno != EEXIST) break;
-            *p = '/';
-        }
-    if (mkdir(buf, 0755) != 0 && errno != EEXIST) {
-        bl_set_error("%s: cannot create folder (%s)", path, strerror(errno));
-        return BL_ERR;
-    }
-    return BL_OK;
+    return bl_is_file(path);
 }
 
 /* Runs a program (no shell) and returns its exit status, or -1 when it could not be started. */
@@ -102,7 +81,7 @@ static int data_list(const cli_args *a) {
     int n_roots = bl_data_search_roots(roots, 8);
     printf("search order (first match wins):%s", cli_has(a, "root") ? " --root only\n" : "\n");
     if (!cli_has(a, "root"))
-        for (int i = 0; i < n_roots; i++) printf("  %s%s\n", roots[i], exists(roots[i], true) ? "" : "  (absent)");
+        for (int i = 0; i < n_roots; i++) printf("  %s%s\n", roots[i], bl_is_dir(roots[i]) ? "" : "  (absent)");
     const char *root = data_root(a, import_root, sizeof import_root);
     printf("import/download root: %s\n\n", root ? root : "(none: set BALLAST_DATA)");
     bl_clear_error();
@@ -137,8 +116,8 @@ static int data_list(const cli_args *a) {
 static bool find_below(const char *dir, const char *name, int depth, char *found, size_t len) {
     char path[1200];
     snprintf(path, sizeof path, "%s/%s", dir, name);
-    if (!exists(path, false)) snprintf(path, sizeof path, "%s/%s.gz", dir, name);
-    if (exists(path, false)) {
+    if (!bl_is_file(path)) snprintf(path, sizeof path, "%s/%s.gz", dir, name);
+    if (bl_is_file(path)) {
         snprintf(found, len, "%s", path);
         return true;
     }
@@ -149,7 +128,7 @@ static bool find_below(const char *dir, const char *name, int depth, char *found
     while (!hit && (ent = readdir(d))) {
         if (ent->d_name[0] == '.') continue;
         snprintf(path, sizeof path, "%s/%s", dir, ent->d_name);
-        if (exists(path, true)) hit = find_below(path, name, depth - 1, found, len);
+        if (bl_is_dir(path)) hit = find_below(path, name, depth - 1, found, len);
     }
     closedir(d);
     return hit;
@@ -214,7 +193,7 @@ static int place_files(const bl_dataset_info *info, const char *src_dir, const c
     }
     char dest_dir[1024];
     snprintf(dest_dir, sizeof dest_dir, "%s/%s", root, info->subdir);
-    if (mkdirs(dest_dir) != BL_OK) return BL_ERR;
+    if (bl_mkdirs(dest_dir) != BL_OK) return BL_ERR;
     for (int i = 0; i < n; i++) {
         const char *base = strrchr(found[i], '/') + 1;
         char dest[1300], twin[1310];
@@ -248,7 +227,7 @@ static int place_files(const bl_dataset_info *info, const char *src_dir, const c
 
 /* A staging folder inside the data root (same file system, so files can be moved out of it). */
 static int make_staging(const char *root, char *staging, size_t len) {
-    if (mkdirs(root) != BL_OK) return BL_ERR;
+    if (bl_mkdirs(root) != BL_OK) return BL_ERR;
     snprintf(staging, len, "%s/.staging-XXXXXX", root);
     if (!mkdtemp(staging)) {
         bl_set_error("%s: cannot create a staging folder (%s)", root, strerror(errno));
@@ -266,8 +245,8 @@ static int extract_archive(const char *archive, const char *into) {
 }
 
 static int import_from(const bl_dataset_info *info, const char *path, const char *root, bool link) {
-    if (exists(path, true)) return place_files(info, path, root, false, link);
-    if (!exists(path, false)) {
+    if (bl_is_dir(path)) return place_files(info, path, root, false, link);
+    if (!bl_is_file(path)) {
         bl_set_error("%s: no such file or folder", path);
         return BL_ERR;
     }

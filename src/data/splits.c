@@ -6,6 +6,8 @@
 
 #include "core/internal.h"
 
+#include "ballast/files.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -251,23 +253,23 @@ int bl_dataset_subset(const bl_dataset *src, const int64_t *idx, int64_t n, bl_d
 /* ---- index files -------------------------------------------------------------------------------- */
 
 int bl_indices_save(const char *path, const int64_t *indices, int64_t n, const char *comment) {
-    char tmp[1100];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    FILE *f = fopen(tmp, "w");
-    BL_CHECK_RC(f, "%s: cannot write (%s)", tmp, strerror(errno));
-    bool ok = fprintf(f, "# ballast index file: one sample index per line\n") > 0;
-    for (const char *line = comment; ok && line && *line;) {
-        size_t len = strcspn(line, "\n");
-        ok = fprintf(f, "# %.*s\n", (int)len, line) > 0;
-        line += len + (line[len] == '\n');
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    BL_CHECK_RC(f, "%s: cannot write: out of memory", path);
+    fprintf(f, "# ballast index file: one sample index per line\n");
+    for (const char *line = comment; line && *line;) {
+        size_t line_len = strcspn(line, "\n");
+        fprintf(f, "# %.*s\n", (int)line_len, line);
+        line += line_len + (line[line_len] == '\n');
     }
-    for (int64_t i = 0; ok && i < n; i++) ok = fprintf(f, "%lld\n", (long long)indices[i]) > 0;
-    ok = fflush(f) == 0 && ok;
+    for (int64_t i = 0; i < n; i++) fprintf(f, "%lld\n", (long long)indices[i]);
+    bool ok = !ferror(f);
     ok = fclose(f) == 0 && ok;
-    if (ok && rename(tmp, path) == 0) return BL_OK;
-    bl_set_error("%s: writing failed (%s)", path, strerror(errno));
-    remove(tmp);
-    return BL_ERR;
+    int rc = ok ? bl_file_write_atomic(path, text, len) : BL_ERR;
+    if (!ok) bl_set_error("%s: cannot write: out of memory", path);
+    free(text);
+    return rc;
 }
 
 int bl_indices_load(const char *path, int64_t **indices, int64_t *n) {

@@ -7,6 +7,8 @@
 #include "ballast/train.h"
 
 #include "core/internal.h"
+
+#include "ballast/files.h"
 #include "io/json.h"
 #include "svg.h"
 
@@ -683,25 +685,6 @@ static void render_page(bl__text *h, const run_data *runs, int n) {
     bl__text_append(h, "</body>\n</html>\n");
 }
 
-/* Written beside the target and renamed over it, so a reader never sees half a page. */
-static int write_atomically(const char *path, const bl__text *page) {
-    char tmp[1100];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    FILE *f = fopen(tmp, "wb");
-    if (!f) {
-        bl_set_error("%s: cannot write the report (%s)", path, strerror(errno));
-        return BL_ERR;
-    }
-    bool ok = fwrite(page->data, 1, page->len, f) == page->len;
-    ok = fclose(f) == 0 && ok;
-    if (!ok || rename(tmp, path) != 0) {
-        bl_set_error("%s: cannot write the report (%s)", path, strerror(errno));
-        remove(tmp);
-        return BL_ERR;
-    }
-    return BL_OK;
-}
-
 int bl_report_write(const char *const *run_dirs, int n_runs, const char *html_path) {
     BL_CHECK_RC(run_dirs && n_runs > 0 && html_path, "report: needs at least one run directory and an output path");
     run_data *runs = calloc((size_t)n_runs, sizeof *runs);
@@ -715,7 +698,7 @@ int bl_report_write(const char *const *run_dirs, int n_runs, const char *html_pa
             bl_set_error("report: out of memory building the page");
             status = BL_ERR;
         } else {
-            status = write_atomically(html_path, &page);
+            status = bl_file_write_atomic(html_path, page.data, page.len);
         }
         bl__text_free(&page);
     }

@@ -25,6 +25,8 @@
 
 #include "core/internal.h"
 
+#include "ballast/files.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -911,12 +913,12 @@ int bl_config_write(const bl_config *c, const char *path) {
     sort_config = c;
     qsort(order, (size_t)n, sizeof *order, compare_for_writing);
 
-    char tmp[1100];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
-    FILE *f = fopen(tmp, "w");
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
     if (!f) {
         free(order);
-        BL_CHECK_RC(false, "cannot write %s: %s", tmp, strerror(errno));
+        BL_CHECK_RC(false, "cannot write %s: out of memory", path);
     }
     fprintf(f, "# resolved config (every key, defaults filled in), from %s\n", c->source);
     const char *prev = "";
@@ -934,12 +936,10 @@ int bl_config_write(const bl_config *c, const char *path) {
         prev = e->key;
     }
     free(order);
-    bool ok = fflush(f) == 0 && !ferror(f) && fsync(fileno(f)) == 0;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok || rename(tmp, path) != 0) {
-        int err = errno;
-        unlink(tmp);
-        BL_CHECK_RC(false, "cannot write %s: %s", path, strerror(err));
-    }
-    return BL_OK;
+    bool ok = !ferror(f);
+    ok = fclose(f) == 0 && ok;
+    int rc = ok ? bl_file_write_atomic(path, text, len) : BL_ERR;
+    if (!ok) bl_set_error("cannot write %s: out of memory", path);
+    free(text);
+    return rc;
 }
