@@ -203,6 +203,48 @@ static void test_holdout_complement_subset(void) {
 
 /* ---- samplers ----------------------------------------------------------------------------------- */
 
+/* The validation draw: 3 classes of 20 rows; the subset keeps all of class 0 (the head), 10 of
+ * class 1 and 2 of class 2. With 4 per class, classes 1 and 2 take theirs from the left-out rows
+ * (class 2 has 18 of them), class 0 has none left out and gives up 4 of its 20 subset rows; no
+ * validation row is trained on, and the draw repeats with the seed. */
+static void test_validation_draw(void) {
+    int64_t n = 60, labels_data[60];
+    for (int64_t i = 0; i < n; i++) labels_data[i] = i / 20;
+    bl_tensor *labels = bl_from_data(BL_I64, 1, &n, labels_data);
+    int64_t *subset = malloc(32 * sizeof *subset), n_subset = 0;
+    for (int64_t i = 0; i < 20; i++) subset[n_subset++] = i;
+    for (int64_t i = 20; i < 30; i++) subset[n_subset++] = i;
+    subset[n_subset++] = 40;
+    subset[n_subset++] = 41;
+    int64_t *val = NULL, n_val = 0;
+    CHECK(bl_split_validation(labels, 3, 4, 7, &subset, &n_subset, &val, &n_val) == BL_OK);
+    int64_t per_class[3] = {0}, from_subset = 0;
+    bool in_subset[60] = {false};
+    for (int64_t i = 0; i < n_subset; i++) in_subset[subset[i]] = true;
+    for (int64_t i = 0; i < n_val; i++) {
+        per_class[val[i] / 20]++;
+        CHECK(!in_subset[val[i]], "validation row %lld is also trained on", (long long)val[i]);
+        from_subset += val[i] < 20;
+        if (i) CHECK(val[i] > val[i - 1], "ascending");
+    }
+    CHECK(n_val == 12 && per_class[0] == 4 && per_class[1] == 4 && per_class[2] == 4, "%lld: %lld %lld %lld",
+          (long long)n_val, (long long)per_class[0], (long long)per_class[1], (long long)per_class[2]);
+    CHECK(from_subset == 4 && n_subset == 32 - 4, "the head gave up %lld rows, the subset has %lld", (long long)from_subset,
+          (long long)n_subset);
+    for (int64_t i = 0; i < n_val; i++)
+        if (val[i] >= 20) CHECK(val[i] >= 30 && val[i] != 40 && val[i] != 41, "row %lld is from the pool", (long long)val[i]);
+    int64_t *subset2 = malloc(32 * sizeof *subset2), n2 = 0, *val2 = NULL, n_val2 = 0;
+    for (int64_t i = 0; i < 30; i++) subset2[n2++] = i;
+    subset2[n2++] = 40;
+    subset2[n2++] = 41;
+    CHECK(bl_split_validation(labels, 3, 4, 7, &subset2, &n2, &val2, &n_val2) == BL_OK);
+    CHECK(n_val2 == n_val && memcmp(val, val2, (size_t)n_val * sizeof *val) == 0, "the same seed, the same split");
+    free(subset);
+    free(subset2);
+    free(val);
+    free(val2);
+}
+
 /* Pearson's chi-square of observed class counts against probabilities (classes with p = 0 must
  * never be drawn). */
 static double chi_square(const int64_t *observed, const double *p, int64_t classes, int64_t draws) {
@@ -831,7 +873,7 @@ static void test_truncated_jpeg(void) {
 int main(void) {
     if (!mkdtemp(dir)) return 1;
     const test_case cases[] = {TEST(test_longtail_counts_match_protocol), TEST(test_longtail_indices),
-                               TEST(test_index_file_round_trip),          TEST(test_holdout_complement_subset),
+                               TEST(test_index_file_round_trip),          TEST(test_holdout_complement_subset), TEST(test_validation_draw),
                                TEST(test_sampler_frequencies),            TEST(test_augment_against_naive), TEST(test_color_jitter),
                                TEST(test_augment_offsets_uniform),        TEST(test_mix_batch), TEST(test_loader_determinism),
                                TEST(test_loader_hook_error),              TEST(test_cifar_and_idx_datasets),

@@ -124,6 +124,16 @@ int bl_dataset_subset(const bl_dataset *src, const int64_t *idx, int64_t n, bl_d
 int bl_split_holdout(const bl_tensor *labels, int64_t num_classes, int64_t per_class, double max_share, uint64_t seed,
                      int64_t **train_idx, int64_t *n_train, int64_t **val_idx, int64_t *n_val);
 
+/* The validation split of the long-tailed protocols, drawn for a training subset of the rows of
+ * `labels` (e.g. a bl_longtail_indices subset): per class, per_class rows from the rows the subset
+ * leaves out, the pool nobody trains on (as ImageNet-LT's validation set), so the subset stays the
+ * published one; only a class whose pool is short (one the subset kept whole, the head) gives up
+ * the rest from the subset itself, at most half of its rows, which then leave *subset. *val is
+ * malloc'ed and ascending; per_class 0 gives no rows. The same (labels, subset, per_class, seed)
+ * give the same split. */
+int bl_split_validation(const bl_tensor *labels, int64_t num_classes, int64_t per_class, uint64_t seed,
+                        int64_t **subset, int64_t *n_subset, int64_t **val, int64_t *n_val);
+
 /* ---- samplers --------------------------------------------------------------------------------- */
 
 /* The order in which an epoch visits the training set. Kinds, with n_c the size of class c, N the

@@ -321,3 +321,100 @@ int bl_indices_load(const char *path, int64_t **indices, int64_t *n) {
     *n = count;
     return BL_OK;
 }
+
+/* ---- the validation draw of the long-tailed protocols ------------------------------------------ */
+
+/* labels[rows[i]] for i < n, as a persistent I64 (n) tensor. */
+static bl_tensor *labels_of(const bl_tensor *labels, const int64_t *rows, int64_t n) {
+    bl_tensor *out = bl_tensor_new_persistent(BL_I64, 1, &n);
+    if (!out) return NULL;
+    for (int64_t i = 0; i < n; i++) ((int64_t *)out->data)[i] = ((const int64_t *)labels->data)[rows[i]];
+    return out;
+}
+
+/* Moves validation rows out of a training subset for the classes that `val` holds fewer than
+ * per_class images of: the subset's own holdout draw supplies them, in its order. */
+static int top_up_validation(const bl_tensor *all_labels, int64_t k, int64_t per_class, uint64_t seed,
+                             int64_t **subset, int64_t *n_subset, int64_t **val, int64_t *n_val) {
+    int64_t *need = calloc((size_t)k, sizeof *need);
+    BL_CHECK_RC(need, "out of memory");
+    const int64_t *labels = all_labels->data;
+    for (int64_t c = 0; c < k; c++) need[c] = per_class;
+    for (int64_t i = 0; i < *n_val; i++) need[labels[(*val)[i]]]--;
+    bool short_somewhere = false;
+    for (int64_t c = 0; c < k; c++) short_somewhere |= need[c] > 0;
+    if (!short_somewhere) {
+        free(need);
+        return BL_OK;
+    }
+    int64_t *keep = NULL, *held = NULL, n_keep = 0, n_held = 0;
+    bl_tensor *sub = labels_of(all_labels, *subset, *n_subset);
+    int rc = sub ? bl_split_holdout(sub, k, per_class, 0.5, seed, &keep, &n_keep, &held, &n_held) : BL_ERR;
+    bl_tensor_free(sub);
+    int64_t *grown = rc == BL_OK ? realloc(*val, (size_t)(*n_val + n_held + 1) * sizeof *grown) : NULL;
+    bool *moved = rc == BL_OK ? calloc((size_t)(*n_subset + 1), sizeof *moved) : NULL;
+    if (rc == BL_OK && (!grown || !moved)) {
+        bl_set_error("out of memory");
+        rc = BL_ERR;
+    }
+    if (grown) *val = grown;
+    if (rc == BL_OK) {
+        for (int64_t i = 0; i < n_held; i++) {
+            int64_t row = (*subset)[held[i]], c = labels[row];
+            if (need[c] <= 0) continue;
+            need[c]--;
+            moved[held[i]] = true;
+            (*val)[(*n_val)++] = row;
+        }
+        int64_t n = 0;
+        for (int64_t i = 0; i < *n_subset; i++)
+            if (!moved[i]) (*subset)[n++] = (*subset)[i];
+        *n_subset = n;
+    }
+    free(moved);
+    free(keep);
+    free(held);
+    free(need);
+    return rc;
+}
+
+static int compare_int64(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+int bl_split_validation(const bl_tensor *labels, int64_t num_classes, int64_t per_class, uint64_t seed,
+                        int64_t **subset, int64_t *n_subset, int64_t **val, int64_t *n_val) {
+    BL_CHECK_RC(labels && labels->dtype == BL_I64 && bl_is_contiguous(labels) && subset && n_subset && val && n_val,
+                "bl_split_validation: needs contiguous I64 labels and the subset");
+    BL_CHECK_RC(per_class >= 0, "validation split: per_class must be >= 0, got %lld", (long long)per_class);
+    *val = NULL;
+    *n_val = 0;
+    if (per_class == 0) return BL_OK;
+    int64_t *rest = NULL, n_rest = 0;
+    int rc = bl_indices_complement(*subset, *n_subset, bl_numel(labels), &rest, &n_rest);
+    if (rc == BL_OK && n_rest > 0) {
+        int64_t *keep = NULL, *held = NULL, n_keep = 0, n_held = 0;
+        bl_tensor *rest_labels = labels_of(labels, rest, n_rest);
+        rc = rest_labels ? bl_split_holdout(rest_labels, num_classes, per_class, 1.0, seed, &keep, &n_keep, &held, &n_held)
+                         : BL_ERR;
+        bl_tensor_free(rest_labels);
+        if (rc == BL_OK) {
+            for (int64_t i = 0; i < n_held; i++) held[i] = rest[held[i]];
+            *val = held;
+            *n_val = n_held;
+        } else {
+            free(held);
+        }
+        free(keep);
+    }
+    free(rest);
+    if (rc == BL_OK) rc = top_up_validation(labels, num_classes, per_class, seed, subset, n_subset, val, n_val);
+    if (rc == BL_OK) qsort(*val, (size_t)*n_val, sizeof **val, compare_int64);
+    if (rc != BL_OK) {
+        free(*val);
+        *val = NULL;
+        *n_val = 0;
+    }
+    return rc;
+}

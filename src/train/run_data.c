@@ -35,58 +35,6 @@ static int64_t max_label_plus_one(const bl_dataset *ds) {
     return k;
 }
 
-/* Moves validation rows out of a training subset for the classes that `val` holds fewer than
- * per_class images of: the subset's own holdout draw supplies them, in its order. */
-static int top_up_validation(const bl_run *run, const bl_dataset *full, int64_t per_class, uint64_t seed,
-                             int64_t **subset, int64_t *n_subset, int64_t **val, int64_t *n_val) {
-    int64_t k = run->num_classes, *need = calloc((size_t)k, sizeof *need);
-    BL_CHECK_RC(need, "out of memory");
-    const int64_t *labels = full->labels->data;
-    for (int64_t c = 0; c < k; c++) need[c] = per_class;
-    for (int64_t i = 0; i < *n_val; i++) need[labels[(*val)[i]]]--;
-    bool short_somewhere = false;
-    for (int64_t c = 0; c < k; c++) short_somewhere |= need[c] > 0;
-    if (!short_somewhere) {
-        free(need);
-        return BL_OK;
-    }
-    bl_dataset sub = {0};
-    int64_t *keep = NULL, *held = NULL, n_keep = 0, n_held = 0;
-    int rc = bl_dataset_subset(full, *subset, *n_subset, &sub);
-    if (rc == BL_OK) rc = bl_split_holdout(sub.labels, k, per_class, 0.5, seed, &keep, &n_keep, &held, &n_held);
-    bl_dataset_free(&sub);
-    int64_t *grown = rc == BL_OK ? realloc(*val, (size_t)(*n_val + n_held + 1) * sizeof *grown) : NULL;
-    bool *moved = rc == BL_OK ? calloc((size_t)(*n_subset + 1), sizeof *moved) : NULL;
-    if (rc == BL_OK && (!grown || !moved)) {
-        bl_set_error("out of memory");
-        rc = BL_ERR;
-    }
-    if (grown) *val = grown;
-    if (rc == BL_OK) {
-        for (int64_t i = 0; i < n_held; i++) {
-            int64_t row = (*subset)[held[i]], c = labels[row];
-            if (need[c] <= 0) continue;
-            need[c]--;
-            moved[held[i]] = true;
-            (*val)[(*n_val)++] = row;
-        }
-        int64_t n = 0;
-        for (int64_t i = 0; i < *n_subset; i++)
-            if (!moved[i]) (*subset)[n++] = (*subset)[i];
-        *n_subset = n;
-    }
-    free(moved);
-    free(keep);
-    free(held);
-    free(need);
-    return rc;
-}
-
-static int compare_int64(const void *a, const void *b) {
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return (x > y) - (x < y);
-}
-
 /* Chooses the training and validation rows of the full training set. The subset is read from the
  * run directory's split_train.idx when present (so resuming and evaluating see exactly the images
  * training saw), else from dataset.split_file, else drawn. Validation rows come from the images
@@ -125,35 +73,9 @@ static int choose_rows(bl_run *run, const bl_dataset *full, int64_t **train_idx,
             for (int64_t i = 0; i < n_full; i++) subset[i] = i;
             n_subset = n_full;
         }
-        int rc = BL_OK;
-        if (per_class > 0) {
-            int64_t *rest = NULL, n_rest = 0;
-            rc = bl_indices_complement(subset, n_subset, n_full, &rest, &n_rest);
-            if (rc == BL_OK && n_rest > 0) {
-                bl_dataset rest_ds = {0};
-                int64_t *keep = NULL, *held = NULL, n_keep = 0, n_held = 0;
-                rc = bl_dataset_subset(full, rest, n_rest, &rest_ds);
-                if (rc == BL_OK)
-                    rc = bl_split_holdout(rest_ds.labels, run->num_classes, per_class, 1.0, seed, &keep, &n_keep, &held,
-                                          &n_held);
-                bl_dataset_free(&rest_ds);
-                if (rc == BL_OK) {
-                    for (int64_t i = 0; i < n_held; i++) held[i] = rest[held[i]];
-                    *val_idx = held;
-                    *n_val = n_held;
-                } else {
-                    free(held);
-                }
-                free(keep);
-            }
-            free(rest);
-            if (rc == BL_OK) rc = top_up_validation(run, full, per_class, seed, &subset, &n_subset, val_idx, n_val);
-            if (rc == BL_OK) qsort(*val_idx, (size_t)*n_val, sizeof **val_idx, compare_int64);
-        }
-        if (rc != BL_OK) {
+        if (bl_split_validation(full->labels, run->num_classes, per_class, seed, &subset, &n_subset, val_idx, n_val) !=
+            BL_OK) {
             free(subset);
-            free(*val_idx);
-            *val_idx = NULL;
             return BL_ERR;
         }
         *train_idx = subset;
