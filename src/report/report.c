@@ -40,7 +40,8 @@ typedef struct {
     double imbalance;
     int64_t epochs; /* 0 when the config does not say */
     curve loss, lr;            /* by optimizer step */
-    curve val_top1, mean_loss; /* by epoch */
+    curve val_primary, mean_loss; /* by epoch: the evaluator's primary metric on val, the loss */
+    char primary[32];             /* that metric's name ("top1" for classification) */
     eval_record last_val, last_test;
     char stopped[256]; /* the message of an "error" record: training stopped there */
 } run_data;
@@ -103,7 +104,7 @@ static void eval_free(eval_record *e) {
 static void run_free(run_data *r) {
     curve_free(&r->loss);
     curve_free(&r->lr);
-    curve_free(&r->val_top1);
+    curve_free(&r->val_primary);
     curve_free(&r->mean_loss);
     eval_free(&r->last_val);
     eval_free(&r->last_test);
@@ -172,6 +173,19 @@ static int64_t check_eval_arrays(const log_position *at, const bl__json *rec) {
     return k;
 }
 
+/* The metrics of an evaluation record are its numeric members other than the counters; the first
+ * is the evaluator's primary one (bl_evaluator_kind lists it first). */
+static bool is_metric(const bl__json *m) {
+    return m->type == BL_JSON_NUMBER && strcmp(m->key, "epoch") != 0 && strcmp(m->key, "step") != 0 &&
+           strcmp(m->key, "count") != 0;
+}
+
+static const char *primary_metric(const bl__json *rec) {
+    for (const bl__json *m = rec->child; m; m = m->next)
+        if (is_metric(m) || (strcmp(m->key, "top1") == 0 && m->type == BL_JSON_NULL)) return m->key;
+    return NULL;
+}
+
 /* Takes in one parsed record; `pool` moves into the run when the record is kept. */
 static int take_record(run_data *run, const log_position *at, const bl__json *rec, bl__json_pool *pool) {
     if (rec->type != BL_JSON_OBJECT) {
@@ -186,7 +200,13 @@ static int take_record(run_data *run, const log_position *at, const bl__json *re
             return BL_ERR;
         }
         BL_TRY(number_member(at, rec, "epoch", true, &epoch));
-        BL_TRY(number_member(at, rec, "top1", true, &value));
+        const char *primary = primary_metric(rec);
+        if (!primary) {
+            bl_set_error("%s:%ld: an evaluation record needs a metric (\"top1\", or its evaluator's)", at->path, at->line);
+            return BL_ERR;
+        }
+        snprintf(run->primary, sizeof run->primary, "%s", primary);
+        BL_TRY(number_member(at, rec, primary, true, &value));
         int64_t k = check_eval_arrays(at, rec);
         if (k < 0) return BL_ERR;
         eval_record *keep = strcmp(eval->string, "val") == 0    ? &run->last_val
@@ -196,7 +216,7 @@ static int take_record(run_data *run, const log_position *at, const bl__json *re
         if (keep == &run->last_val) {
             /* a method may evaluate again after training at the same epoch (e.g. with a tuned
              * test-time parameter): the later record stands for that epoch */
-            curve *c = &run->val_top1;
+            curve *c = &run->val_primary;
             if (c->n > 0 && c->x[c->n - 1] == epoch) c->y[c->n - 1] = value;
             else BL_TRY(curve_push(c, epoch, value));
         }
@@ -212,7 +232,7 @@ static int take_record(run_data *run, const log_position *at, const bl__json *re
         BL_TRY(number_member(at, rec, "step", true, &step));
         curve_truncate(&run->loss, step);
         curve_truncate(&run->lr, step);
-        curve_truncate(&run->val_top1, epoch);
+        curve_truncate(&run->val_primary, epoch);
         curve_truncate(&run->mean_loss, epoch);
         return BL_OK;
     }
@@ -360,20 +380,67 @@ static void append_run_description(bl__text *h, const run_data *run) {
     bl__text_append(h, "</span></p>\n");
 }
 
-static const struct {
-    const char *key, *header;
-    bool lower_is_better;
-} metric_columns[] = {{"top1", "top-1", false},          {"top5", "top-5", false},
-                      {"many", "many", false},           {"medium", "medium", false},
-                      {"few", "few", false},             {"macro_precision", "macro P", false},
-                      {"macro_recall", "macro R", false}, {"ece", "ECE", true}};
-#define N_METRIC_COLUMNS (int)(sizeof metric_columns / sizeof metric_columns[0])
+/* The columns of the metric tables: classification's fixed set (in %), or the metrics the final
+ * evaluation of the first run declares (as numbers), for any other evaluator. */
+#define MAX_COLUMNS 16
+typedef struct {
+    char key[32], header[40];
+    bool lower_is_better, percent;
+} metric_column;
 
-static void append_metrics_table(bl__text *h, const run_data *run) {
+/* The recipe table shows up to four of them: top-1, many, medium, few for classification. */
+#define N_SUMMARY_COLUMNS 4
+
+typedef struct {
+    metric_column col[MAX_COLUMNS];
+    int n;
+    int summary[N_SUMMARY_COLUMNS]; /* the recipe table's columns, as indices into col */
+    int n_summary;
+    bool classification;
+} metric_set;
+
+static const metric_column classification_columns[] = {
+    {"top1", "top-1", false, true},          {"top5", "top-5", false, true},
+    {"many", "many", false, true},           {"medium", "medium", false, true},
+    {"few", "few", false, true},             {"macro_precision", "macro P", false, true},
+    {"macro_recall", "macro R", false, true}, {"ece", "ECE", true, true}};
+
+static metric_set metrics_of(const run_data *runs, int n) {
+    metric_set ms = {.n = 0};
+    const char *split;
+    const eval_record *e = NULL;
+    for (int r = 0; r < n && !e; r++) e = final_eval(&runs[r], &split);
+    if (!e || bl__json_get(e->root, "top1")) {
+        ms.classification = true;
+        ms.n = (int)(sizeof classification_columns / sizeof classification_columns[0]);
+        memcpy(ms.col, classification_columns, sizeof classification_columns);
+        ms.n_summary = 4;
+        memcpy(ms.summary, (int[]){0, 2, 3, 4}, sizeof ms.summary);
+        return ms;
+    }
+    for (const bl__json *m = e->root->child; m && ms.n < MAX_COLUMNS; m = m->next) {
+        if (!is_metric(m)) continue;
+        metric_column *c = &ms.col[ms.n++];
+        snprintf(c->key, sizeof c->key, "%s", m->key);
+        snprintf(c->header, sizeof c->header, "%s", m->key);
+        c->lower_is_better = strstr(m->key, "rmse") || strstr(m->key, "loss") || strstr(m->key, "error");
+    }
+    for (int k = 0; k < N_SUMMARY_COLUMNS && k < ms.n; k++) ms.summary[ms.n_summary++] = k;
+    return ms;
+}
+
+/* A table cell: percent with `digits` decimals, or the number itself to 4 decimals. */
+static void append_value(bl__text *t, const metric_column *c, double v, int digits) {
+    if (c->percent) append_percent(t, v, digits);
+    else if (isfinite(v)) bl__text_printf(t, "%.4f", v);
+    else bl__text_append(t, "&ndash;");
+}
+
+static void append_metrics_table(bl__text *h, const run_data *run, const metric_set *ms) {
     const eval_record *records[2] = {&run->last_val, &run->last_test};
     const char *splits[2] = {"val", "test"};
     bl__text_append(h, "<table><thead><tr><th>split</th><th>epoch</th><th>images</th>");
-    for (int c = 0; c < N_METRIC_COLUMNS; c++) bl__text_printf(h, "<th>%s</th>", metric_columns[c].header);
+    for (int c = 0; c < ms->n; c++) bl__text_printf(h, "<th>%s</th>", ms->col[c].header);
     bl__text_append(h, "</tr></thead><tbody>\n");
     bool any = false;
     for (int r = 0; r < 2; r++) {
@@ -382,16 +449,18 @@ static void append_metrics_table(bl__text *h, const run_data *run) {
         any = true;
         bl__text_printf(h, "<tr><td>%s</td><td>%g</td><td>%g</td>", splits[r], member_number(rec, "epoch"),
                         member_number(rec, "count"));
-        for (int c = 0; c < N_METRIC_COLUMNS; c++) {
+        for (int c = 0; c < ms->n; c++) {
             bl__text_append(h, "<td>");
-            append_percent(h, member_number(rec, metric_columns[c].key), c == N_METRIC_COLUMNS - 1 ? 2 : 1);
+            append_value(h, &ms->col[c], member_number(rec, ms->col[c].key), c == ms->n - 1 ? 2 : 1);
             bl__text_append(h, "</td>");
         }
         bl__text_append(h, "</tr>\n");
     }
     if (!any)
-        bl__text_printf(h, "<tr><td colspan=\"%d\">no evaluation in the log yet</td></tr>\n", N_METRIC_COLUMNS + 3);
-    bl__text_append(h, "</tbody></table>\n<p class=\"note\">Accuracies, precision, recall and ECE in %. Many / "
+        bl__text_printf(h, "<tr><td colspan=\"%d\">no evaluation in the log yet</td></tr>\n", ms->n + 3);
+    bl__text_append(h, "</tbody></table>\n");
+    if (ms->classification)
+        bl__text_append(h, "<p class=\"note\">Accuracies, precision, recall and ECE in %. Many / "
                        "medium / few: classes with &gt; 100 / 20&ndash;100 / &lt; 20 training images, each the mean of "
                        "its classes' accuracies.</p>\n");
 }
@@ -480,7 +549,7 @@ static void append_confusion(bl__text *h, const eval_record *e, const char *spli
     free(cells);
 }
 
-static void append_run_section(bl__text *h, const run_data *run, int index) {
+static void append_run_section(bl__text *h, const run_data *run, int index, const metric_set *ms) {
     bl__text_printf(h, "<section id=\"run%d\"><h2>", index);
     bl__text_append_escaped(h, run->label);
     bl__text_append(h, "</h2>\n");
@@ -490,7 +559,7 @@ static void append_run_section(bl__text *h, const run_data *run, int index) {
         bl__text_append_escaped(h, run->stopped);
         bl__text_append(h, "</p>\n");
     }
-    append_metrics_table(h, run);
+    append_metrics_table(h, run, ms);
     const char *split;
     const eval_record *e = final_eval(run, &split);
     if (e && e->num_classes > 0) {
@@ -505,7 +574,11 @@ static void append_run_section(bl__text *h, const run_data *run, int index) {
     bl__text_append(h, "<div class=\"grid\">\n");
     append_line_chart(h, "Training loss", "step", "loss", &run->loss, palette[0], false);
     append_line_chart(h, "Learning rate", "step", "learning rate", &run->lr, palette[1], false);
-    append_line_chart(h, "Validation top-1", "epoch", "top-1 (%)", &run->val_top1, palette[2], true);
+    char title[64], axis[64];
+    const bool top1 = !run->primary[0] || strcmp(run->primary, "top1") == 0;
+    snprintf(title, sizeof title, "Validation %s", top1 ? "top-1" : run->primary);
+    snprintf(axis, sizeof axis, "%s", top1 ? "top-1 (%)" : run->primary);
+    append_line_chart(h, title, "epoch", axis, &run->val_primary, palette[2], top1);
     if (e && e->num_classes > 0 && bl__json_get(e->root, "class_counts")) append_class_scatter(h, e, split);
     if (e && e->num_classes > 0 && e->num_classes <= BL_METRICS_JSON_CONFUSION_MAX &&
         bl__json_get(e->root, "confusion"))
@@ -513,22 +586,22 @@ static void append_run_section(bl__text *h, const run_data *run, int index) {
     bl__text_append(h, "</div></section>\n");
 }
 
-static void append_comparison(bl__text *h, const run_data *runs, int n) {
+static void append_comparison(bl__text *h, const run_data *runs, int n, const metric_set *ms) {
     /* the best value of each column, to highlight */
-    double best[N_METRIC_COLUMNS];
-    for (int c = 0; c < N_METRIC_COLUMNS; c++) {
+    double best[MAX_COLUMNS];
+    for (int c = 0; c < ms->n; c++) {
         best[c] = NAN;
         for (int r = 0; r < n; r++) {
             const char *split;
             const eval_record *e = final_eval(&runs[r], &split);
-            double v = e ? member_number(e->root, metric_columns[c].key) : NAN;
-            if (isfinite(v) && (!isfinite(best[c]) || (metric_columns[c].lower_is_better ? v < best[c] : v > best[c])))
+            double v = e ? member_number(e->root, ms->col[c].key) : NAN;
+            if (isfinite(v) && (!isfinite(best[c]) || (ms->col[c].lower_is_better ? v < best[c] : v > best[c])))
                 best[c] = v;
         }
     }
     bl__text_append(h, "<section id=\"comparison\"><h2>Comparison</h2>\n<table><thead><tr><th>run</th><th>method</th>"
                        "<th>dataset</th><th>imbalance</th><th>split</th><th>epoch</th>");
-    for (int c = 0; c < N_METRIC_COLUMNS; c++) bl__text_printf(h, "<th>%s</th>", metric_columns[c].header);
+    for (int c = 0; c < ms->n; c++) bl__text_printf(h, "<th>%s</th>", ms->col[c].header);
     bl__text_append(h, "</tr></thead><tbody>\n");
     for (int r = 0; r < n; r++) {
         const char *split;
@@ -544,11 +617,11 @@ static void append_comparison(bl__text *h, const run_data *runs, int n) {
         bl__text_printf(h, "</td><td>%s</td><td>", e ? split : "&ndash;");
         if (e) bl__text_printf(h, "%g", member_number(e->root, "epoch"));
         bl__text_append(h, "</td>");
-        for (int c = 0; c < N_METRIC_COLUMNS; c++) {
-            double v = e ? member_number(e->root, metric_columns[c].key) : NAN;
+        for (int c = 0; c < ms->n; c++) {
+            double v = e ? member_number(e->root, ms->col[c].key) : NAN;
             bool top = n > 1 && isfinite(v) && v == best[c];
             bl__text_append(h, top ? "<td class=\"best\">" : "<td>");
-            append_percent(h, v, c == N_METRIC_COLUMNS - 1 ? 2 : 1);
+            append_value(h, &ms->col[c], v, c == ms->n - 1 ? 2 : 1);
             bl__text_append(h, "</td>");
         }
         bl__text_append(h, "</tr>\n");
@@ -562,11 +635,14 @@ static void append_comparison(bl__text *h, const run_data *runs, int n) {
     }
     for (int chart = 0; chart < 2; chart++) {
         for (int r = 0; r < n; r++) {
-            const curve *c = chart == 0 ? &runs[r].val_top1 : &runs[r].mean_loss;
+            const curve *c = chart == 0 ? &runs[r].val_primary : &runs[r].mean_loss;
             series[r] = (bl__series){runs[r].label, palette[r % PALETTE_SIZE], c->x, c->y, c->n, NULL};
         }
-        bl__chart spec = chart == 0 ? (bl__chart){.title = "Validation top-1, all runs", .x_label = "epoch",
-                                                  .y_label = "top-1 (%)", .y_lo = 0, .y_hi = 1, .y_scale = 100}
+        bl__chart spec = chart == 0 ? (ms->classification
+                                           ? (bl__chart){.title = "Validation top-1, all runs", .x_label = "epoch",
+                                                         .y_label = "top-1 (%)", .y_lo = 0, .y_hi = 1, .y_scale = 100}
+                                           : (bl__chart){.title = "Validation primary metric, all runs",
+                                                         .x_label = "epoch", .y_label = ms->col[0].header})
                                     : (bl__chart){.title = "Mean training loss per epoch, all runs", .x_label = "epoch",
                                                   .y_label = "loss"};
         bl__text svg = {0};
@@ -585,12 +661,11 @@ static bool same_recipe(const run_data *a, const run_data *b) {
            strcmp(a->dataset, b->dataset) == 0 && strcmp(a->model, b->model) == 0;
 }
 
-static const char *const summary_keys[] = {"top1", "many", "medium", "few"};
-#define N_SUMMARY_KEYS (int)(sizeof summary_keys / sizeof summary_keys[0])
 
 /* One row of the recipe table: the mean and sample standard deviation of each summary metric over
  * the group's final test evaluations (a dash where a run lacks the value). */
-static void append_recipe_row(bl__text *h, const run_data *runs, const int *members, int count) {
+static void append_recipe_row(bl__text *h, const run_data *runs, const int *members, int count,
+                              const metric_set *ms) {
     const run_data *first = &runs[members[0]];
     bl__text_append(h, "<tr><td>");
     bl__text_append_escaped(h, first->method);
@@ -601,17 +676,19 @@ static void append_recipe_row(bl__text *h, const run_data *runs, const int *memb
     bl__text_append(h, "</td><td>");
     bl__text_append_escaped(h, first->model);
     bl__text_printf(h, "</td><td>%lld</td><td>%d</td>", (long long)first->epochs, count);
-    for (int k = 0; k < N_SUMMARY_KEYS; k++) {
+    for (int j = 0; j < ms->n_summary; j++) {
+        const metric_column *col = &ms->col[ms->summary[j]];
         double sum = 0, sumsq = 0;
         for (int i = 0; i < count; i++) {
-            double v = member_number(runs[members[i]].last_test.root, summary_keys[k]);
+            double v = member_number(runs[members[i]].last_test.root, col->key);
             sum += v;
             sumsq += v * v;
         }
         const double mean = sum / count, var = fmax((sumsq - count * mean * mean) / (count - 1), 0.0);
         bl__text_append(h, "<td>");
-        append_percent(h, mean, 1);
-        if (isfinite(mean)) bl__text_printf(h, " &plusmn; %.1f", 100 * sqrt(var));
+        append_value(h, col, mean, 1);
+        if (isfinite(mean))
+            bl__text_printf(h, col->percent ? " &plusmn; %.1f" : " &plusmn; %.4f", (col->percent ? 100 : 1) * sqrt(var));
         bl__text_append(h, "</td>");
     }
     bl__text_append(h, "</tr>\n");
@@ -619,7 +696,7 @@ static void append_recipe_row(bl__text *h, const run_data *runs, const int *memb
 
 /* Groups of two or more runs of one recipe with a test evaluation, averaged: the multi-seed view
  * the long-tailed literature asks for, since one subset of CIFAR-LT moves results by a point. */
-static void append_recipe_means(bl__text *h, const run_data *runs, int n) {
+static void append_recipe_means(bl__text *h, const run_data *runs, int n, const metric_set *ms) {
     int *members = malloc((size_t)n * sizeof *members);
     bool *taken = calloc((size_t)n, sizeof *taken);
     if (!members || !taken) {
@@ -638,18 +715,20 @@ static void append_recipe_means(bl__text *h, const run_data *runs, int n) {
                 taken[q] = true;
             }
         if (count < 2) continue;
-        if (!any)
+        if (!any) {
             bl__text_append(h, "<section id=\"recipes\"><h2>Mean over runs of one recipe</h2>\n<table><thead><tr>"
                                "<th>method</th><th>dataset</th><th>imbalance</th><th>model</th><th>epochs</th>"
-                               "<th>runs</th><th>top-1</th><th>many</th><th>medium</th><th>few</th></tr></thead>"
-                               "<tbody>\n");
+                               "<th>runs</th>");
+            for (int j = 0; j < ms->n_summary; j++) bl__text_printf(h, "<th>%s</th>", ms->col[ms->summary[j]].header);
+            bl__text_append(h, "</tr></thead><tbody>\n");
+        }
         any = true;
-        append_recipe_row(h, runs, members, count);
+        append_recipe_row(h, runs, members, count, ms);
     }
     if (any)
         bl__text_append(h, "</tbody></table>\n<p class=\"note\">Runs with the same method, dataset, imbalance, model "
                            "and epochs (their seeds may differ): mean &plusmn; sample standard deviation of the final "
-                           "test evaluations, in %.</p>\n</section>\n");
+                           "test evaluations.</p>\n</section>\n");
     free(members);
     free(taken);
 }
@@ -679,9 +758,10 @@ static void render_page(bl__text *h, const run_data *runs, int n) {
     bl__text_append(h, page_style);
     bl__text_printf(h, "</style>\n</head>\n<body>\n<h1>ballast report</h1>\n<p class=\"meta\">%d run%s</p>\n", n,
                     n == 1 ? "" : "s");
-    if (n > 1) append_comparison(h, runs, n);
-    if (n > 1) append_recipe_means(h, runs, n);
-    for (int r = 0; r < n; r++) append_run_section(h, &runs[r], r);
+    const metric_set ms = metrics_of(runs, n);
+    if (n > 1) append_comparison(h, runs, n, &ms);
+    if (n > 1) append_recipe_means(h, runs, n, &ms);
+    for (int r = 0; r < n; r++) append_run_section(h, &runs[r], r, &ms);
     bl__text_append(h, "</body>\n</html>\n");
 }
 
