@@ -69,10 +69,11 @@ int bl_host_batch_append(bl_host_batch *b, const char *name, bl_dtype dt, int nd
         f->dtype = dt;
         f->ndim = field_ndim;
         f->variable = variable;
-        memcpy(f->shape + 1, row_shape, (size_t)row_ndim * sizeof *row_shape);
+        if (row_ndim > 0) memcpy(f->shape + 1, row_shape, (size_t)row_ndim * sizeof *row_shape);
     } else {
+        /* a scalar sample has no shape to compare (sample_shape may be NULL) */
         bool same = f->dtype == dt && f->ndim == field_ndim && f->variable == variable &&
-                    memcmp(f->shape + 1, row_shape, (size_t)row_ndim * sizeof *row_shape) == 0;
+                    (row_ndim == 0 || memcmp(f->shape + 1, row_shape, (size_t)row_ndim * sizeof *row_shape) == 0);
         BL_CHECK_RC(same, "batch field '%s': sample %lld has another dtype or shape than the ones before it", name,
                     (long long)b->size);
     }
