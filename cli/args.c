@@ -1,6 +1,7 @@
 /* The option parser shared by every subcommand (see cli.h). */
 #include "cli.h"
 
+#include "ballast/dist.h"
 #include "ballast/tensor.h"
 
 #include <errno.h>
@@ -107,7 +108,37 @@ bool cli_int(const cli_args *a, const char *name, long def, long *out) {
     return true;
 }
 
+/* A multi-process run's message until the processes agree (cli_finish). */
+static char deferred[1400];
+
 int cli_fail(const char *context) {
-    fprintf(stderr, "ballast: %s%s%s\n", context ? context : "", context ? ": " : "", bl_last_error());
+    if (context) {
+        char message[1400];
+        snprintf(message, sizeof message, "%s: %s", context, bl_last_error());
+        bl_clear_error();
+        bl_set_error("%s", message);
+    }
+    /* In a multi-process run the processes first agree on the outcome (cli_finish), so that the
+     * message is printed once, not once per process. */
+    if (bl_dist_size() > 1 && bl_dist_failed_rank() < 0) {
+        snprintf(deferred, sizeof deferred, "%s", bl_last_error());
+        return 1;
+    }
+    const int failed = bl_dist_failed_rank(), rank = bl_dist_rank();
+    if (failed < 0 || rank == 0 || rank == failed) fprintf(stderr, "ballast: %s\n", bl_last_error());
     return 1;
+}
+
+int cli_finish(int status) {
+    if (bl_dist_size() == 1) return status;
+    const bool agreed_before = bl_dist_failed_rank() >= 0;
+    if (bl_dist_agree(status == 0 ? BL_OK : BL_ERR) == BL_OK || agreed_before) return status;
+    /* The first process prints the first failure (unless it was its own and it printed it already,
+     * as a usage error); another process that failed otherwise prints its own message. */
+    const int failed = bl_dist_failed_rank(), rank = bl_dist_rank();
+    if (rank == 0 && (failed != 0 || *deferred)) fprintf(stderr, "ballast: %s\n", bl_last_error());
+    const char *first = strstr(bl_last_error(), ": "); /* the first failure's own message, after "rank R" */
+    if (rank != 0 && rank != failed && *deferred && !(first && strcmp(first + 2, deferred) == 0))
+        fprintf(stderr, "ballast: rank %d: %s\n", rank, deferred);
+    return status ? status : 1;
 }

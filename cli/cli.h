@@ -33,8 +33,14 @@ bool cli_has(const cli_args *a, const char *name);
 int cli_floats(const char *text, float *out, int max);
 /* Integer option with a default; returns false (after printing why) when malformed. */
 bool cli_int(const cli_args *a, const char *name, long def, long *out);
-/* Prints "ballast: <message>" for the library's pending error and returns exit status 1. */
+/* Prints "ballast: <message>" for the library's pending error and returns exit status 1. In a
+ * multi-process run (mpirun) the message waits for cli_finish, where the processes agree on the
+ * outcome and one of them prints it. */
 int cli_fail(const char *context);
+/* The exit status of a command in a multi-process run: the processes agree whether every one
+ * succeeded (a process that failed on its own stops the others instead of leaving them waiting)
+ * and the failure is printed once. Returns `status` as it is in one process. */
+int cli_finish(int status);
 
 typedef int (*cli_command_fn)(int argc, char **argv);
 

@@ -2,6 +2,8 @@
 #include "cli.h"
 
 #include "../methods/recipes.h"
+#include "ballast/dist.h"
+#include "ballast/error.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -27,7 +29,7 @@ static void usage(void) {
         printf("  %-10s %s\n", commands[i].name, commands[i].summary);
 }
 
-int main(int argc, char **argv) {
+static int run_command(int argc, char **argv) {
     if (bl_recipes_register_builtin() != 0) return cli_fail(NULL);
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "help") == 0) {
         usage();
@@ -38,4 +40,14 @@ int main(int argc, char **argv) {
     fprintf(stderr, "ballast: unknown command '%s'\n", argv[1]);
     usage();
     return 2;
+}
+
+/* Under mpirun every process runs the same command; they agree on its outcome before leaving the
+ * job (cli_finish), so a process that failed on its own (a config its machine cannot read) stops
+ * the others, which learn its message, instead of leaving them waiting. */
+int main(int argc, char **argv) {
+    if (bl_dist_init(&argc, &argv) != BL_OK) return cli_fail(NULL);
+    int rc = cli_finish(run_command(argc, argv));
+    bl_dist_finalize();
+    return rc;
 }

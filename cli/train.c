@@ -75,10 +75,13 @@ int cmd_train(int argc, char **argv) {
     bl_run_opts opts = {.resume = cli_has(&a, "resume"), .quiet = cli_has(&a, "quiet")};
     bl_run *run = bl_run_create(config, &opts);
     if (!run) return cli_fail(NULL);
-    if (!opts.quiet)
-        fprintf(stderr, "run %s: %s on %s (%lld training images, %lld classes), model %s, %d epoch%s\n", run->dir,
+    char processes[64] = "";
+    if (bl_dist_size() > 1) snprintf(processes, sizeof processes, ", %d processes", bl_dist_size());
+    if (!opts.quiet && bl_dist_rank() == 0)
+        fprintf(stderr, "run %s: %s on %s (%lld training images, %lld classes), model %s, %d epoch%s%s\n", run->dir,
                 run->recipe->name, bl_config_string(run->config, "dataset.name"), (long long)bl_numel(run->train.labels),
-                (long long)run->num_classes, bl_config_string(run->config, "model.name"), run->epochs, run->epochs == 1 ? "" : "s");
+                (long long)run->num_classes, bl_config_string(run->config, "model.name"), run->epochs,
+                run->epochs == 1 ? "" : "s", processes);
     rc = bl_run_train(run);
     bl_run_free(run);
     return rc == BL_OK ? 0 : cli_fail(NULL);

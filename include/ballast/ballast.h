@@ -17,5 +17,6 @@
 #include "ballast/metrics.h"
 #include "ballast/regression.h"
 #include "ballast/train.h"
+#include "ballast/dist.h"
 
 #endif

@@ -340,6 +340,16 @@ int bl_loader_start_epoch(bl_loader *l, int epoch, int total_epochs);
 bool bl_loader_next(bl_loader *l, bl_batch *out);
 /* Batches per epoch: N / batch, rounded down with drop_last, else up. */
 int64_t bl_loader_batches(const bl_loader *l);
+/* Samples in batch `b` (from 0) of an epoch, all processes' together: `batch`, or fewer for the
+ * last one without drop_last; 0 outside the epoch. */
+int64_t bl_loader_batch_rows(const bl_loader *l, int64_t b);
+/* Makes the loader one of `size` processes' shares of the same loader (data parallelism): every
+ * process draws the same epoch order and the same batches, and this one yields rows
+ * [rank R / size, (rank + 1) R / size) of each batch of R samples, each with the random stream of
+ * its position in the whole epoch's order, so every sample is transformed as it would be in one
+ * process whatever the number of processes. Call before the first epoch; BL_ERR when the epoch's
+ * last batch is too small to give every process a sample. */
+int bl_loader_shard(bl_loader *l, int rank, int size);
 void bl_loader_free(bl_loader *l);
 
 #ifdef __cplusplus

@@ -170,6 +170,14 @@ bl_tensor *bl_batch_norm(bl_tensor *x, bl_tensor *weight, bl_tensor *bias, bl_te
 bl_tensor *bl_batch_norm_act(bl_tensor *x, bl_tensor *weight, bl_tensor *bias, bl_tensor *running_mean,
                              bl_tensor *running_var, bl_tensor *residual, bool relu, bool training, double momentum,
                              double eps);
+/* Synchronized batch norm: while on, batch norm in training mode (both ops above, and the conv2d
+ * fused with it) normalizes with the statistics of the whole batch over every process of a
+ * multi-process job (ballast/dist.h), and its backward adds up the gradients' per-channel sums
+ * over the processes; the running variance's unbiased estimate counts every process's values.
+ * Every process must then run the same batch-norm layers in the same order (a data-parallel step
+ * does). F32 only; first-order gradients only. No effect in one process. The trainer turns it on
+ * for the training steps of train.sync_bn runs. Returns the previous setting. */
+bool bl_batch_norm_set_sync(bool on);
 /* Normalizes over the trailing dims whose sizes are `shape` (as torch.nn.functional.layer_norm). */
 bl_tensor *bl_layer_norm(bl_tensor *x, int ndim, const int64_t *shape, bl_tensor *weight, bl_tensor *bias,
                          double eps);

@@ -24,6 +24,10 @@
  *                               {"epoch":E,"step":S,"loss":L,"lr":R,"img_per_s":V}  training
  *                               {"eval":"val"|"test","epoch":E,"step":S, ...the evaluator's members}
  *                               {"epoch_end":E,"step":S,"phase":P,"mean_loss":L,"lr":R,"seconds":T}
+ *                               (with "processes":P,"comm_seconds":C,"allreduce_seconds":A in a
+ *                               multi-process run: the first process's seconds inside collectives,
+ *                               waiting for the others included, and inside the gradients'
+ *                               all-reduce alone)
  *                               {"resume":E,"step":S} when a run continues from a checkpoint
  *                               {"error":"...","epoch":E,"step":S} when training stops on an error
  *                               plus records recipes log themselves (bl_run_log)
@@ -282,10 +286,40 @@ int bl_run_set_sampler(bl_run *run, const char *kind);
 /* The common training step: zero every registered gradient, backward from the scalar `loss`,
  * clip each optimizer's gradients to train.clip_grad_norm (when > 0), step every registered
  * optimizer (frozen entries are skipped). *loss_value gets the loss. A NaN or infinite loss or
- * gradient norm is an error naming the epoch and step. */
+ * gradient norm is an error naming the epoch and step. In a multi-process run (see "multi-process
+ * training" below) the processes first agree that every one has a finite loss, each one's
+ * gradients are weighted by its share of the batch and summed over the processes (one
+ * all-reduce per registered model or store that has trained parameters), so every optimizer
+ * steps with the gradient of the whole batch's mean loss. */
 int bl_run_backward_step(bl_run *run, bl_tensor *loss, double *loss_value);
+/* For a recipe that runs its own backward and steps optimizers itself: weights this process's
+ * gradients by its share of the batch and sums them over the processes (after an agreement that
+ * every process got here), as bl_run_backward_step does. No-op in one process. */
+int bl_run_allreduce_grads(bl_run *run);
 /* Sets every registered model's training flag (true: train mode, except frozen models). */
 void bl_run_set_training(bl_run *run, bool training);
+
+/* -- multi-process training --
+ * Under `mpirun -np P` (ballast/dist.h) a run trains data-parallel: every process builds the same
+ * run (same config, same initial weights), reads the same epoch order and batches of
+ * train.batch_size samples (the batch of all processes together, which P must divide) and takes
+ * its share of each, with each sample transformed as in one process; gradients are summed over
+ * the processes in bl_run_backward_step, each process's weighted by its share of the batch (so a
+ * loss that is a mean over the samples gives exactly the whole batch's gradient; a class-weighted
+ * cross-entropy, which divides by the batch's summed weights as PyTorch's does (LDAM-DRW's second
+ * stage), is normalized per process instead, as under PyTorch DDP), the registered models' F32
+ * buffers (batch-norm statistics, a method's running averages) and the shown loss are averaged
+ * after every step, so
+ * every model, store, optimizer and random stream stays the same on every process (compared at
+ * every checkpoint: a recipe that changes a store from its own share of the batch only fails
+ * there, naming it). Batch norm normalizes with each process's share unless train.sync_bn.
+ * Mixup and cutmix mix within each process's share (with the same mixing weight everywhere), and
+ * dropout draws the same masks on every process: both differ from one process. Evaluation runs
+ * on every process over the whole split. Only the first process writes the run directory (the
+ * others never open it for writing): config, split files, log, checkpoints, results; a resume
+ * reads the checkpoint on every process, whatever P trained it. A failure on any process (a NaN
+ * loss, a bad file) stops every process with its message, naming the process: bl_run_create and
+ * bl_run_train return the same result everywhere. */
 
 typedef struct {
     bool resume;          /* continue from the run directory's latest checkpoint */

@@ -2,7 +2,9 @@
  * buffers deep, while the caller trains on the previous batch. The caller copies a finished
  * buffer into step-arena tensors (the arena belongs to the caller's thread; the worker never
  * touches it) and hands the buffer back. Each sample's randomness comes from its own stream keyed
- * by (seed, epoch, position in the epoch), so batches do not depend on thread timing. */
+ * by (seed, epoch, position in the epoch), so batches do not depend on thread timing. A sharded
+ * loader (one process of a data-parallel job) walks the same global order and batches and yields
+ * only its process's rows of each batch, with the streams of their global positions. */
 #include "ballast/data.h"
 
 #include "core/internal.h"
@@ -16,6 +18,7 @@ struct bl_loader {
     bool owns_source;        /* made by bl_loader_create: released with the loader */
     bl_sampler *sampler;     /* NULL: sequential order */
     int64_t batch, n, n_batches;
+    int rank, world;         /* this process's share of every batch: 0 and 1 when not sharded */
     uint64_t seed;
     int64_t *order;          /* the epoch's dataset indices, n entries */
     bl_rng *rngs;            /* the worker's per-sample streams, batch entries */
@@ -36,12 +39,20 @@ static int64_t batch_rows(const bl_loader *l, int64_t b) {
     return rest < l->batch ? rest : l->batch;
 }
 
+/* This process's rows of batch b: [*first, *first + return value) of the batch's global rows. */
+static int64_t shard_rows(const bl_loader *l, int64_t b, int64_t *first) {
+    const int64_t rows = batch_rows(l, b);
+    *first = rows * l->rank / l->world;
+    return rows * (l->rank + 1) / l->world - *first;
+}
+
 /* Runs on the worker thread: the source's samples of batch b into buffer `slot`. */
 static int fill_batch(bl_loader *l, int64_t b, int slot) {
     bl_host_batch *out = &l->buf[slot];
     bl_host_batch_reset(out);
-    const int64_t rows = batch_rows(l, b), *idx = l->order + b * l->batch;
-    for (int64_t i = 0; i < rows; i++) l->rngs[i] = bl_augment_stream(l->seed, l->epoch, b * l->batch + i);
+    int64_t first;
+    const int64_t rows = shard_rows(l, b, &first), *idx = l->order + b * l->batch + first;
+    for (int64_t i = 0; i < rows; i++) l->rngs[i] = bl_augment_stream(l->seed, l->epoch, b * l->batch + first + i);
     if (l->src.collate) {
         BL_TRY(l->src.collate(l->src.self, idx, rows, l->rngs, out));
         out->size = rows;
@@ -100,6 +111,7 @@ bl_loader *bl_loader_create_source(const bl_source *src, bl_sampler *sampler, in
     l->n = n;
     l->n_batches = drop_last ? l->n / batch : (l->n + batch - 1) / batch;
     l->seed = seed;
+    l->world = 1;
     l->held[0] = l->held[1] = -1;
     l->order = malloc((size_t)(l->n ? l->n : 1) * sizeof *l->order);
     l->rngs = malloc((size_t)batch * sizeof *l->rngs);
@@ -130,6 +142,27 @@ bl_loader *bl_loader_create(const bl_dataset *ds, bl_sampler *sampler, int64_t b
     }
     l->owns_source = true;
     return l;
+}
+
+int bl_loader_shard(bl_loader *l, int rank, int size) {
+    BL_CHECK_RC(l, "no loader");
+    BL_CHECK_RC(size >= 1 && rank >= 0 && rank < size, "loader: rank %d of %d processes", rank, size);
+    pthread_mutex_lock(&l->lock);
+    const bool started = l->started;
+    pthread_mutex_unlock(&l->lock);
+    BL_CHECK_RC(!started, "loader: shard it before its first epoch");
+    const int64_t last = l->n_batches ? batch_rows(l, l->n_batches - 1) : size;
+    BL_CHECK_RC(last >= size,
+                "loader: the last batch of an epoch holds %lld samples, too few to give each of %d processes one "
+                "(drop the last partial batch)",
+                (long long)last, size);
+    l->rank = rank;
+    l->world = size;
+    return BL_OK;
+}
+
+int64_t bl_loader_batch_rows(const bl_loader *l, int64_t b) {
+    return l && b >= 0 && b < l->n_batches ? batch_rows(l, b) : 0;
 }
 
 int bl_loader_start_epoch(bl_loader *l, int epoch, int total_epochs) {
@@ -180,7 +213,7 @@ bool bl_loader_next(bl_loader *l, bl_batch *out) {
     /* The worker leaves a held buffer alone, so it is read here without the lock; the order only
      * changes in bl_loader_start_epoch, on this thread. */
     const bl_host_batch *hb = &l->buf[slot];
-    int64_t rows = batch_rows(l, b);
+    int64_t first, rows = shard_rows(l, b, &first);
     out->size = rows;
     bool ok = true;
     for (int f = 0; ok && f < hb->n_fields; f++) {
@@ -189,7 +222,7 @@ bool bl_loader_next(bl_loader *l, bl_batch *out) {
         bl_tensor *lengths = hf->variable ? bl_from_data(BL_I64, 1, &rows, hf->lengths) : NULL;
         ok = value && (!hf->variable || lengths) && bl_batch_set(out, hf->name, value, lengths) == BL_OK;
     }
-    bl_tensor *index = ok ? bl_from_data(BL_I64, 1, &rows, l->order + b * l->batch) : NULL;
+    bl_tensor *index = ok ? bl_from_data(BL_I64, 1, &rows, l->order + b * l->batch + first) : NULL;
     ok = ok && index && bl_batch_set(out, "index", index, NULL) == BL_OK;
     pthread_mutex_lock(&l->lock);
     l->held[slot] = -1;

@@ -6,7 +6,13 @@
  * forms: for a first-order backward, one fused kernel computing dx, dweight and dbias (and the
  * residual's gradient) from the saved statistics; when the backward is itself recorded
  * (create_graph), the same gradients built from ops, recomputing the statistics from x so that
- * their dependence on x is differentiated too. Each kernel call is timed for the profile. */
+ * their dependence on x is differentiated too. Each kernel call is timed for the profile.
+ *
+ * Synchronized batch norm (bl_batch_norm_set_sync, in a multi-process job) normalizes with the
+ * statistics of the whole batch over every process: the forward adds up each process's
+ * per-channel sums of x and x^2, and the backward its sums of the gradient and of the gradient
+ * times x-hat, around the same kernels run with those statistics as constants. */
+#include "ballast/dist.h"
 #include "ballast/ops.h"
 #include "ballast/profile.h"
 
@@ -15,6 +21,7 @@
 #include "backend/ref/ref_norm.h"
 #include "core/internal.h"
 
+#include <math.h>
 #include <string.h>
 
 /* t as the kernels read it: contiguous and cut from the graph (copied only when t is strided). */
@@ -54,7 +61,16 @@ typedef struct {
     bl_tensor *x;      /* detached, contiguous or channels last: what the fused backward reads */
     bl_tensor *mean;   /* (C): the statistics the forward normalized with */
     bl_tensor *invstd; /* (C) */
+    double sync_count; /* synchronized: the values per channel over every process; 0 otherwise */
 } bn_act_ctx;
+
+static bool sync_batch_norm;
+
+bool bl_batch_norm_set_sync(bool on) {
+    bool was = sync_batch_norm;
+    sync_batch_norm = on;
+    return was;
+}
 
 static bl_tensor *sum_over_nc(bl_tensor *t) { return bl_sum_dim(bl_sum_dim(t, 2, true), 0, true); }
 static bl_tensor *mean_over_nc(bl_tensor *t) { return bl_mean_dim(bl_mean_dim(t, 2, true), 0, true); }
@@ -77,6 +93,40 @@ static void relu_mask_f64(int64_t n, double *gz, const double *g, const double *
     for (int64_t i = 0; i < n; i++) gz[i] = y[i] > 0 ? g[i] : 0.0;
 }
 
+/* The synchronized backward (F32): the eval-mode kernel gives dx = k gz and this process's sums
+ * sum(gz) and sum(gz xhat) (as dbias, dweight); with the totals over every process the statistics'
+ * part k (sum(gz) + xhat sum(gz xhat)) / M is taken off dx. dweight and dbias stay this process's
+ * own, which the trainer's all-reduce of the gradients adds up. */
+static int bn_act_backward_sync(const bn_act_ctx *ctx, bl_tensor *gk, const float *y, const float *w, float *dx,
+                                float *dweight, float *dbias, float *dresidual) {
+    const cpu_bn_act_args *a = &ctx->args;
+    cpu_bn_act_args constant = *a;
+    constant.bn.training = false;
+    const int64_t C = a->bn.C;
+    float *own = bl_arena_alloc(4 * (size_t)C * sizeof *own);
+    double *sums = bl_arena_alloc(2 * (size_t)C * sizeof *sums);
+    double *scratch = bl_arena_alloc((cpu_batch_norm_act_scratch(a) + 1) * sizeof *scratch);
+    if (!own || !sums || !scratch) return BL_ERR;
+    float *sum_g = dbias ? dbias : own, *sum_g_xhat = dweight ? dweight : own + C;
+    cpu_batch_norm_act_bwd(&constant, gk->data, ctx->x->data, y, ctx->mean->data, ctx->invstd->data, w, dx,
+                           sum_g_xhat, sum_g, dresidual, scratch);
+    for (int64_t c = 0; c < C; c++) {
+        sums[c] = sum_g[c];
+        sums[C + c] = sum_g_xhat[c];
+    }
+    BL_TRY(bl_dist_allreduce_f64(sums, 2 * (size_t)C, BL_DIST_SUM));
+    if (!dx) return BL_OK;
+    const float *mean = ctx->mean->data, *invstd = ctx->invstd->data;
+    float *shift = own + 2 * C, *slope = own + 3 * C;
+    for (int64_t c = 0; c < C; c++) {
+        const double k = (double)invstd[c] * (w ? w[c] : 1.0f);
+        shift[c] = (float)(k * sums[c] / ctx->sync_count);
+        slope[c] = (float)(k * invstd[c] * sums[C + c] / ctx->sync_count);
+    }
+    cpu_batch_norm_sync_dx(a, ctx->x->data, mean, shift, slope, dx);
+    return BL_OK;
+}
+
 static int bn_act_backward_fused(bl_node *node, bl_tensor *g, bl_tensor **gin) {
     const bn_act_ctx *ctx = node->ctx;
     const cpu_bn_act_args *a = &ctx->args;
@@ -90,7 +140,10 @@ static int bn_act_backward_fused(bl_node *node, bl_tensor *g, bl_tensor **gin) {
         (wants_grad(bias) && !dbias) || (wants_grad(residual) && !dresidual))
         return BL_ERR;
     double t0 = bl_profile_start();
-    if (g->dtype == BL_F32) {
+    if (ctx->sync_count > 0) {
+        BL_TRY(bn_act_backward_sync(ctx, gk, node->out->data, data_of(wk), data_of(dx), data_of(dweight),
+                                    data_of(dbias), data_of(dresidual)));
+    } else if (g->dtype == BL_F32) {
         double *scratch = bl_arena_alloc(cpu_batch_norm_act_scratch(a) * sizeof(double));
         if (!scratch) return BL_ERR;
         cpu_batch_norm_act_bwd(a, gk->data, ctx->x->data, node->out->data, ctx->mean->data, ctx->invstd->data,
@@ -158,6 +211,10 @@ static int bn_act_backward_composite(bl_node *node, bl_tensor *g, bl_tensor **gi
 }
 
 static int bn_act_backward(bl_node *node, bl_tensor *g, bl_tensor **gin) {
+    if (bl_grad_enabled())
+        BL_CHECK_RC(((const bn_act_ctx *)node->ctx)->sync_count == 0,
+                    "%s: synchronized batch norm (train.sync_bn) has no second-order gradients (create_graph)",
+                    node->name);
     return bl_grad_enabled() ? bn_act_backward_composite(node, g, gin) : bn_act_backward_fused(node, g, gin);
 }
 
@@ -197,8 +254,36 @@ static bl_tensor *batch_norm_act(const char *op, bl_tensor *x, bl_tensor *weight
     bl_tensor *invstd = bl_empty(x->dtype, 1, &args->C), *y = xk ? empty_in_order_of(xk) : NULL;
     if (!xk || (weight && !wk) || (bias && !bk) || (residual && !rk) || !mean || !var || !invstd || !y) return NULL;
     if (!training && (bl_copy_(mean, running_mean) != BL_OK || bl_copy_(var, running_var) != BL_OK)) return NULL;
+    /* Synchronized: the whole batch's statistics over every process, then the kernels with them. */
+    double count = (double)M;
+    const bool sync = training && sync_batch_norm && bl_dist_size() > 1;
+    BL_CHECK(!sync || x->dtype == BL_F32, "%s: synchronized batch norm runs on F32, x is %s", op,
+             bl_dtype_name(x->dtype));
+    if (sync) {
+        double *sums = bl_arena_alloc((2 * (size_t)args->C + 1) * sizeof *sums);
+        double *scratch = bl_arena_alloc((cpu_batch_norm_moments_scratch(&ctx.args) + 1) * sizeof *scratch);
+        if (!sums || !scratch) return NULL;
+        cpu_batch_norm_moments(&ctx.args, xk->data, sums, scratch);
+        sums[2 * args->C] = (double)M;
+        if (bl_dist_allreduce_f64(sums, 2 * (size_t)args->C + 1, BL_DIST_SUM) != BL_OK) return NULL;
+        count = sums[2 * args->C];
+        float *m = mean->data, *v = var->data;
+        for (int64_t c = 0; c < args->C; c++) {
+            const double mu = sums[c] / count;
+            m[c] = (float)mu;
+            v[c] = (float)fmax(sums[args->C + c] / count - mu * mu, 0.0);
+        }
+        ctx.sync_count = count;
+    }
     double t0 = bl_profile_start();
-    if (x->dtype == BL_F32) {
+    if (sync) {
+        cpu_bn_act_args constant = ctx.args;
+        constant.bn.training = false;
+        double *scratch = bl_arena_alloc((cpu_batch_norm_act_scratch(&constant) + 1) * sizeof(double));
+        if (!scratch) return NULL;
+        cpu_batch_norm_act_fwd(&constant, xk->data, data_of(wk), data_of(bk), data_of(rk), mean->data, var->data,
+                               invstd->data, y->data, scratch);
+    } else if (x->dtype == BL_F32) {
         double *scratch = bl_arena_alloc(cpu_batch_norm_act_scratch(&ctx.args) * sizeof(double));
         if (!scratch) return NULL;
         cpu_batch_norm_act_fwd(&ctx.args, xk->data, data_of(wk), data_of(bk), data_of(rk), mean->data, var->data,
@@ -212,7 +297,7 @@ static bl_tensor *batch_norm_act(const char *op, bl_tensor *x, bl_tensor *weight
     if (training) {
         /* Like PyTorch, the running variance tracks the unbiased estimate; normalization uses the biased one. */
         if (running_mean) blend_running(running_mean, mean, momentum, 1.0);
-        if (running_var) blend_running(running_var, var, momentum, (double)M / (double)(M - 1));
+        if (running_var) blend_running(running_var, var, momentum, count / (count - 1));
     }
 
     bl_tensor *inputs[4] = {x, weight, bias, residual};

@@ -6,6 +6,7 @@
 #include "core/internal.h"
 #include "io/json.h"
 
+#include "ballast/dist.h"
 #include "ballast/io.h"
 
 #include <dirent.h>
@@ -47,8 +48,8 @@ int bl_run_log(bl_run *run, const char *json_object_body) {
 
 /* ---- checkpoints -------------------------------------------------------------------------------- */
 
-int bl_run_checkpoint(bl_run *run, bool final) {
-    BL_CHECK_RC(run && run->log, "bl_run_checkpoint: the run was opened for evaluation only");
+/* Writes the checkpoint directory and points checkpoint.json at it (the first process's job). */
+static int write_checkpoint(bl_run *run, bool final) {
     char name[32], root[600], tmp[700], target[700], path[800];
     if (final) snprintf(name, sizeof name, "final");
     else snprintf(name, sizeof name, "epoch_%04d", run->epoch);
@@ -76,6 +77,17 @@ int bl_run_checkpoint(bl_run *run, bool final) {
              run->epoch, (long long)run->step, final ? "true" : "false");
     snprintf(path, sizeof path, "%s/checkpoint.json", run->dir);
     return bl_file_write_text(path, pointer);
+}
+
+int bl_run_checkpoint(bl_run *run, bool final) {
+    BL_CHECK_RC(run && run->registry && run->registry->for_training,
+                "bl_run_checkpoint: the run was opened for evaluation only");
+    if (bl_dist_size() > 1) {
+        /* Every process holds the same state, checked here, and the first one writes it. */
+        BL_TRY(bl_dist_agree(BL_OK));
+        BL_TRY(bl_dist_agree(bl__check_replicas(run)));
+    }
+    return bl_dist_rank() == 0 ? write_checkpoint(run, final) : BL_OK;
 }
 
 /* The latest checkpoint directory of a run into buf; BL_ERR (error naming the file) when none. */
@@ -129,11 +141,47 @@ static int check_same_config(const bl_run *run, const char *saved_path) {
     return rc;
 }
 
+/* The part of bl_run_create that writes: the run directory, its split files (while building the
+ * data) and config.yaml, then the log. */
+static int create_directory(bl_run *run, bool exists) {
+    char path[700];
+    BL_TRY(bl_mkdirs(run->dir));
+    BL_TRY(bl__run_build(run, true));
+    snprintf(path, sizeof path, "%s/config.yaml", run->dir);
+    if (!exists) BL_TRY(bl_config_write(run->config, path));
+    snprintf(path, sizeof path, "%s/log.jsonl", run->dir);
+    run->log = fopen(path, "a");
+    BL_CHECK_RC(run->log, "cannot open %s: %s", path, strerror(errno));
+    setvbuf(run->log, NULL, _IOLBF, 0);
+    return BL_OK;
+}
+
+/* Processes on several machines must share the run directory: the first one writes it, and every
+ * one reads the split and the checkpoint from it. */
+static int same_directory_everywhere(const bl_run *run, bool config_there, bool checkpoint_there) {
+    int64_t low[2] = {config_there, checkpoint_there}, high[2] = {config_there, checkpoint_there};
+    BL_TRY(bl_dist_allreduce_i64(low, 2, BL_DIST_MIN));
+    BL_TRY(bl_dist_allreduce_i64(high, 2, BL_DIST_MAX));
+    BL_CHECK_RC(low[0] == high[0] && low[1] == high[1],
+                "run directory %s: the processes do not see the same config.yaml and checkpoint.json there; "
+                "processes on several machines need the run directory on a shared file system",
+                run->dir);
+    return BL_OK;
+}
+
 bl_run *bl_run_create(bl_config *config, const bl_run_opts *opts) {
     BL_CHECK(config, "bl_run_create: NULL config");
     bool resume = opts && opts->resume, quiet = opts && opts->quiet;
+    const int rank = bl_dist_rank();
+    const bool parallel = bl_dist_size() > 1;
     bl_run *run = bl__run_new(config, quiet);
-    if (!run) return NULL;
+    /* In a multi-process run every step below ends with the processes' agreement, so that a
+     * failure on one of them (a bad file, a config its machine cannot use) stops all of them. */
+    if (!run) {
+        if (parallel) bl_dist_agree(BL_ERR);
+        return NULL;
+    }
+    run->registry->for_training = true;
     if (bl_config_has(run->config, "output.dir"))
         snprintf(run->dir, sizeof run->dir, "%s", bl_config_string(run->config, "output.dir"));
     else default_run_dir(run->config, run->dir, sizeof run->dir);
@@ -141,40 +189,34 @@ bl_run *bl_run_create(bl_config *config, const bl_run_opts *opts) {
      * --resume` finds it again. */
     char path[700], checkpoint[700];
     snprintf(path, sizeof path, "output.dir=\"%s\"", run->dir);
-    if (bl_config_set(run->config, path) != BL_OK) {
-        bl_run_free(run);
-        return NULL;
-    }
+    int rc = bl_config_set(run->config, path);
     snprintf(path, sizeof path, "%s/config.yaml", run->dir);
     bool exists = bl_is_file(path);
-    int rc = BL_OK;
-    if (exists && !resume) {
+    if (rc == BL_OK && exists && !resume) {
         bl_set_error("run directory %s already holds a run (config.yaml): continue it with --resume, or set "
                      "output.dir to another directory",
                      run->dir);
         rc = BL_ERR;
     }
     if (rc == BL_OK && exists) rc = check_same_config(run, path);
-    if (rc == BL_OK) rc = bl_mkdirs(run->dir);
-    if (rc == BL_OK) rc = bl__run_build(run, true);
-    if (rc == BL_OK && !exists) rc = bl_config_write(run->config, path);
-    if (rc == BL_OK) {
-        snprintf(path, sizeof path, "%s/log.jsonl", run->dir);
-        run->log = fopen(path, "a");
-        if (!run->log) {
-            bl_set_error("cannot open %s: %s", path, strerror(errno));
-            rc = BL_ERR;
-        } else {
-            setvbuf(run->log, NULL, _IOLBF, 0);
-        }
-    }
+    /* Every process has looked at the directory, and seen the same, before the first one writes. */
+    if (parallel) rc = bl_dist_agree(rc);
+    snprintf(path, sizeof path, "%s/checkpoint.json", run->dir);
+    if (parallel && rc == BL_OK) rc = same_directory_everywhere(run, exists, resume && bl_is_file(path));
+    /* The first process makes the directory, draws and saves the split and writes the config; the
+     * others then build from what it saved, and never write into the run directory. */
+    if (rc == BL_OK && rank == 0) rc = create_directory(run, exists);
+    if (parallel) rc = bl_dist_agree(rc);
+    if (rc == BL_OK && rank != 0) rc = bl__run_build(run, true);
+    if (parallel) rc = bl_dist_agree(rc);
     snprintf(path, sizeof path, "%s/checkpoint.json", run->dir);
     if (rc == BL_OK && resume && bl_is_file(path)) {
         rc = latest_checkpoint(run->dir, checkpoint, sizeof checkpoint);
         if (rc == BL_OK) rc = bl__registry_load(run, checkpoint, true);
-        if (rc == BL_OK) fprintf(run->log, "{\"resume\":%d,\"step\":%lld}\n", run->epoch, (long long)run->step);
+        if (rc == BL_OK && run->log) fprintf(run->log, "{\"resume\":%d,\"step\":%lld}\n", run->epoch, (long long)run->step);
     }
-    if (rc == BL_OK && !quiet) run->progress = bl__progress_create(stderr);
+    if (parallel) rc = bl_dist_agree(rc);
+    if (rc == BL_OK && !quiet && rank == 0) run->progress = bl__progress_create(stderr);
     if (rc != BL_OK) {
         bl_run_free(run);
         return NULL;

@@ -101,7 +101,27 @@ struct bl_run_registry {
     bl_mix_args mix;       /* train.augment.mixup / cutmix, applied to every training batch */
     /* the splits as sources: training batches (random transforms), and each split for evaluation */
     bl_source train_source, eval_sources[3]; /* eval: train, val, test */
+    /* data parallelism over the processes of an MPI job (ballast/dist.h; one process: rank 0 of 1) */
+    bool for_training;     /* made by bl_run_create: trains (rank 0 alone writes the run directory) */
+    int64_t shard_rows;    /* this process's samples of the current batch, */
+    int64_t batch_rows;    /* and the batch's samples over all processes */
+    double allreduce_seconds; /* spent in gradient all-reduces (for the log's epoch records) */
 };
+
+/* ---- data parallelism (step.c, trainer.c) -------------------------------------------------- */
+
+/* This process's weight in the current batch: its share of the batch's samples (1 in one process). */
+double bl__shard_weight(const bl_run *run);
+/* Every registered model's F32 buffers (batch-norm statistics, a method's running averages) set to
+ * their average over the processes, each process weighted by its share of the batch, so that they
+ * stay identical everywhere; *loss becomes the same weighted average. After a batch the processes
+ * split unevenly, the random streams (the run's, the recipe's, dropout's) become the first
+ * process's. No-op in one process. */
+int bl__average_buffers_and_loss(bl_run *run, double *loss);
+/* Compares every registered tensor and optimizer state across the processes (a hash each) and
+ * fails naming the first that differs: a recipe that changed a store on one process only.
+ * Collective; no-op in one process. */
+int bl__check_replicas(const bl_run *run);
 
 /* The evaluation source of "train", "val" or "test"; NULL (with an error) for another name. */
 const bl_source *bl__split_source(const bl_run *run, const char *split);

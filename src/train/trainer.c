@@ -10,6 +10,7 @@
 #include "core/internal.h"
 #include "io/json.h"
 
+#include "ballast/dist.h"
 #include "ballast/profile.h"
 
 #include <errno.h>
@@ -72,6 +73,9 @@ static const bl_option trainer_options[] = {
     {"train.augment.mix_prob", BL_OPT_FLOAT, "1",
      "probability that a batch is mixed when mixup or cutmix is on (both on: one of them, 1/2 each)"},
     {"train.threads", BL_OPT_INT, "0", "compute threads (0: the default, all cores)"},
+    {"train.sync_bn", BL_OPT_BOOL, "false",
+     "multi-process runs (mpirun): batch norm normalizes with the statistics of the whole batch over every "
+     "process; false: each process with its own share (as PyTorch DDP)"},
     {"train.seed", BL_OPT_INT, "0", "seed of initialization, data order and augmentation"},
     {"train.eval_every", BL_OPT_INT, "5", "evaluate on the validation split every this many epochs (0: never)"},
     {"train.checkpoint_every", BL_OPT_INT, "10", "checkpoint every this many epochs (0: only at the end)"},
@@ -209,6 +213,13 @@ int bl_run_set_sampler(bl_run *run, const char *kind) {
     if (!s) return bl__add_context("%s: sampler '%s'", bl_config_source(run->config), kind);
     bl_loader *l = bl_loader_create_source(&r->train_source, s, run->batch_size,
                                            bl_config_bool(run->config, "train.drop_last"), data_seed(run));
+    /* every process walks the same global order and batches and takes its share of each */
+    if (l && bl_dist_size() > 1 && bl_loader_shard(l, bl_dist_rank(), bl_dist_size()) != BL_OK) {
+        bl_loader_free(l);
+        l = NULL;
+        bl__add_context("%s: train.batch_size %lld over %d processes", bl_config_source(run->config),
+                        (long long)run->batch_size, bl_dist_size());
+    }
     if (!l) {
         if (owned) bl_sampler_free(s);
         return BL_ERR;
@@ -241,6 +252,11 @@ bl_run *bl__run_new(bl_config *config, bool quiet) {
         if (run->epochs < 0 || run->batch_size < 1 || bl_config_int(c, "train.eval_batch_size") < 1) {
             bl_set_error("%s: train.epochs must be >= 0 and batch sizes >= 1", bl_config_source(c));
             rc = BL_ERR;
+        } else if (run->batch_size % bl_dist_size() != 0) {
+            bl_set_error("%s: train.batch_size %lld is the batch of all processes together and must be divisible "
+                         "by their number, %d",
+                         bl_config_source(c), (long long)run->batch_size, bl_dist_size());
+            rc = BL_ERR;
         }
     }
     bl_schedule unused;
@@ -255,7 +271,8 @@ bl_run *bl__run_new(bl_config *config, bool quiet) {
 int bl__run_build(bl_run *run, bool for_training) {
     const bl_config *c = run->config;
     if (bl_config_int(c, "train.threads") > 0) bl_set_threads((int)bl_config_int(c, "train.threads"));
-    BL_TRY(bl__build_data(run, for_training));
+    /* only the first process writes the split files (the others read them after it) */
+    BL_TRY(bl__build_data(run, for_training && bl_dist_rank() == 0));
     run->recipe = bl_recipe_find(bl_config_string(c, "method.name"));
     if (!run->recipe) return BL_ERR;
     run->recipe_state = calloc(1, run->recipe->state_size ? run->recipe->state_size : 1);
@@ -325,7 +342,12 @@ static int train_step(bl_run *run, bl_batch *b, double *loss) {
     BL_TRY(mix_batch(run, b));
     bl_run_set_training(run, true);
     *loss = NAN;
-    if (run->recipe->step(run, run->recipe_state, b, loss) != BL_OK)
+    const bool sync_bn = bl_dist_size() > 1 && bl_config_bool(run->config, "train.sync_bn");
+    const bool was_sync = bl_batch_norm_set_sync(sync_bn);
+    int rc = run->recipe->step(run, run->recipe_state, b, loss);
+    bl_batch_norm_set_sync(was_sync);
+    if (rc != BL_OK && bl_dist_failed_rank() >= 0) return BL_ERR; /* agreed: the message names the rank */
+    if (rc != BL_OK)
         return bl__add_context("method %s: step at epoch %d, step %lld", run->recipe->name, run->epoch + 1,
                                (long long)run->step + 1);
     BL_CHECK_RC(!bl_batch_get(b, "y_mix") || b->mix_used,
@@ -335,6 +357,21 @@ static int train_step(bl_run *run, bl_batch *b, double *loss) {
     BL_CHECK_RC(isfinite(*loss), "loss is %g at epoch %d, step %lld: training diverged", *loss, run->epoch + 1,
                 (long long)run->step + 1);
     return BL_OK;
+}
+
+/* A step of a multi-process run: every process learns whether all have their batch (a bad file
+ * on one machine) before the step's collectives start, and whether all finished it before the
+ * loss and the buffers are averaged; a failure anywhere stops every process with its message. */
+static int parallel_step(bl_run *run, bool more, int64_t batch_index, bl_batch *b, double *loss) {
+    struct bl_run_registry *r = run->registry;
+    /* a loader that stops early has failed (the caller names it); the end of the epoch is not one */
+    int rc = more || batch_index >= bl_loader_batches(r->loader) ? BL_OK : BL_ERR;
+    BL_TRY(bl_dist_agree(rc));
+    if (!more) return BL_OK;
+    r->shard_rows = b->size;
+    r->batch_rows = bl_loader_batch_rows(r->loader, batch_index);
+    BL_TRY(bl_dist_agree(train_step(run, b, loss)));
+    return bl__average_buffers_and_loss(run, loss);
 }
 
 /* The lr shown in the progress line and the log: the first optimizer's. */
@@ -367,20 +404,24 @@ static int train_phase_epochs(bl_run *run, const bl_phase *phase) {
         if (run->progress) bl__progress_epoch(run->progress, epoch, run->epochs, steps);
 
         double epoch_start = bl_now(), window_start = epoch_start, loss_sum = 0, window_sum = 0;
+        double comm_start = bl_dist_seconds(), allreduce_start = r->allreduce_seconds;
         int64_t done = 0, window_steps = 0, window_images = 0;
+        const int processes = bl_dist_size();
         for (;;) {
             bl_scope scope = bl_scope_begin();
             bl_batch batch;
             bool more = bl_loader_next(r->loader, &batch);
             double loss = NAN;
-            int64_t images = more ? batch.size : 0;
-            int rc = more ? train_step(run, &batch, &loss) : BL_OK;
+            /* the images of the whole batch, all processes' together */
+            int64_t images = more ? (processes > 1 ? bl_loader_batch_rows(r->loader, done) : batch.size) : 0;
+            int rc = processes > 1 ? parallel_step(run, more, done, &batch, &loss)
+                                   : more ? train_step(run, &batch, &loss) : BL_OK;
             bl_scope_end(scope);
-            if (!more) break;
             if (rc != BL_OK) {
                 write_error_record(run);
                 return BL_ERR;
             }
+            if (!more) break;
             run->step++;
             done++;
             loss_sum += loss;
@@ -405,8 +446,12 @@ static int train_phase_epochs(bl_run *run, const bl_phase *phase) {
         double mean_loss = loss_sum / (double)done, seconds = bl_now() - epoch_start;
         if (run->log) {
             fprintf(run->log,
-                    "{\"epoch_end\":%d,\"step\":%lld,\"phase\":\"%s\",\"mean_loss\":%.9g,\"lr\":%.9g,\"seconds\":%.3f}\n",
+                    "{\"epoch_end\":%d,\"step\":%lld,\"phase\":\"%s\",\"mean_loss\":%.9g,\"lr\":%.9g,\"seconds\":%.3f",
                     run->epoch, (long long)run->step, phase->name, mean_loss, lr, seconds);
+            if (processes > 1)
+                fprintf(run->log, ",\"processes\":%d,\"comm_seconds\":%.3f,\"allreduce_seconds\":%.3f", processes,
+                        bl_dist_seconds() - comm_start, r->allreduce_seconds - allreduce_start);
+            fprintf(run->log, "}\n");
             fflush(run->log);
         }
         char note[96] = "";
@@ -417,10 +462,10 @@ static int train_phase_epochs(bl_run *run, const bl_phase *phase) {
             snprintf(note, sizeof note, "val %s %.4f", metric, value);
         }
         if (run->progress) bl__progress_epoch_end(run->progress, mean_loss, note);
-        if (ckpt_every > 0 && run->epoch % ckpt_every == 0 && run->log) BL_TRY(bl_run_checkpoint(run, false));
+        if (ckpt_every > 0 && run->epoch % ckpt_every == 0 && r->for_training) BL_TRY(bl_run_checkpoint(run, false));
     }
     /* the end of a phase's epochs is always a resume point, whatever checkpoint_every says */
-    if (run->log && !(ckpt_every > 0 && run->epoch % ckpt_every == 0)) BL_TRY(bl_run_checkpoint(run, false));
+    if (r->for_training && !(ckpt_every > 0 && run->epoch % ckpt_every == 0)) BL_TRY(bl_run_checkpoint(run, false));
     return BL_OK;
 }
 
@@ -467,8 +512,8 @@ static int write_results(bl_run *run, const char *evaluator, const char *val_jso
     return rc;
 }
 
-int bl_run_train(bl_run *run) {
-    BL_CHECK_RC(run && run->registry && run->log, "bl_run_train: the run was not created for training");
+/* Training and the final evaluation; bl_run_train makes the processes agree on the outcome. */
+static int train_and_evaluate(bl_run *run) {
     if (!run->finished) {
         BL_TRY(train_phases(run));
         run->finished = true;
@@ -484,10 +529,17 @@ int bl_run_train(bl_run *run) {
     int rc = have_val ? evaluate_and_log(run, "val", &val_value, &metric, &val_json) : BL_OK;
     if (rc == BL_OK) rc = evaluate_and_log(run, "test", &test_value, &metric, &test_json);
     const char *evaluator = run->recipe->evaluator ? run->recipe->evaluator : "classification";
-    if (rc == BL_OK) rc = write_results(run, evaluator, val_json, test_json);
-    if (rc == BL_OK && !run->quiet)
+    /* every process evaluated the same weights; the first one writes */
+    if (rc == BL_OK && bl_dist_rank() == 0) rc = write_results(run, evaluator, val_json, test_json);
+    if (rc == BL_OK && !run->quiet && bl_dist_rank() == 0)
         fprintf(stderr, "%s: test %s %.4f%s\n", run->dir, metric, test_value, have_val ? "" : " (no validation split)");
     free(val_json);
     free(test_json);
     return rc;
+}
+
+int bl_run_train(bl_run *run) {
+    BL_CHECK_RC(run && run->registry && run->registry->for_training, "bl_run_train: the run was not created for training");
+    /* A process that failed outside a step tells the others here, wherever they wait. */
+    return bl_dist_agree(train_and_evaluate(run));
 }

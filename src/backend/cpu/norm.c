@@ -647,6 +647,79 @@ void cpu_batch_norm_bwd(const bl_batch_norm_args *a, const float *g, const float
     cpu_batch_norm_act_bwd(&plain, g, x, NULL, mean, invstd, weight, dx, dweight, dbias, NULL, NULL);
 }
 
+/* -- synchronized batch norm: the moments processes add up, and the correction of dx -- */
+
+size_t cpu_batch_norm_moments_scratch(const cpu_bn_act_args *a) {
+    return a->channels_last ? (size_t)bl__max_threads() * 2 * (size_t)a->bn.C : 0;
+}
+
+void cpu_batch_norm_moments(const cpu_bn_act_args *a, const float *x, double *sums, double *scratch) {
+    const int64_t N = a->bn.N, C = a->bn.C, S = a->bn.S;
+    if (!a->channels_last) {
+#pragma omp parallel for schedule(static) if (N * C * S >= PARALLEL_MIN)
+        for (int64_t c = 0; c < C; c++) {
+            double s1 = 0, s2 = 0;
+            for (int64_t n = 0; n < N; n++) {
+                const float *xc = x + (n * C + c) * S;
+#pragma omp simd reduction(+ : s1, s2)
+                for (int64_t i = 0; i < S; i++) {
+                    s1 += xc[i];
+                    s2 += (double)xc[i] * xc[i];
+                }
+            }
+            sums[c] = s1;
+            sums[C + c] = s2;
+        }
+        return;
+    }
+    /* channels last: each thread sums its rows into its own slice, then the slices are added */
+    const int64_t M = N * S;
+    int T = 1;
+#pragma omp parallel if (M * C >= PARALLEL_MIN)
+    {
+        const int t = omp_get_thread_num();
+#pragma omp single
+        T = team_size();
+        int64_t r0, r1;
+        thread_rows(M, t, team_size(), &r0, &r1);
+        double *slice = scratch + (size_t)t * 2 * (size_t)C;
+        memset(slice, 0, 2 * (size_t)C * sizeof *slice);
+        for (int64_t r = r0; r < r1; r++) {
+            const float *xr = x + r * C;
+            for (int64_t c = 0; c < C; c++) {
+                slice[c] += xr[c];
+                slice[C + c] += (double)xr[c] * xr[c];
+            }
+        }
+    }
+    memset(sums, 0, 2 * (size_t)C * sizeof *sums);
+    for (int t = 0; t < T; t++)
+        for (int64_t j = 0; j < 2 * C; j++) sums[j] += scratch[(size_t)t * 2 * (size_t)C + (size_t)j];
+}
+
+void cpu_batch_norm_sync_dx(const cpu_bn_act_args *a, const float *x, const float *mean, const float *shift,
+                            const float *slope, float *dx) {
+    const int64_t N = a->bn.N, C = a->bn.C, S = a->bn.S;
+    if (!a->channels_last) {
+#pragma omp parallel for collapse(2) schedule(static) if (N * C * S >= PARALLEL_MIN)
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t c = 0; c < C; c++) {
+                const int64_t at = (n * C + c) * S;
+                const float mu = mean[c], u = shift[c], v = slope[c];
+#pragma omp simd
+                for (int64_t i = 0; i < S; i++) dx[at + i] -= u + (x[at + i] - mu) * v;
+            }
+        return;
+    }
+#pragma omp parallel for schedule(static) if (N * S * C >= PARALLEL_MIN)
+    for (int64_t r = 0; r < N * S; r++) {
+        const float *xr = x + r * C;
+        float *dr = dx + r * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++) dr[c] -= shift[c] + (xr[c] - mean[c]) * slope[c];
+    }
+}
+
 /* ---- layer norm ---- */
 
 void cpu_layer_norm_fwd(const bl_layer_norm_args *a, const float *x, const float *weight, const float *bias,

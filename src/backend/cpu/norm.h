@@ -35,6 +35,17 @@ void cpu_batch_norm_act_bwd(const cpu_bn_act_args *a, const float *g, const floa
                             const float *mean, const float *invstd, const float *weight, float *dx, float *dweight,
                             float *dbias, float *dresidual, double *scratch);
 
+/* Synchronized batch norm, where the statistics are those of the whole batch over every process:
+ * the per-channel sums each process contributes, sums[c] = sum(x), sums[C + c] = sum(x^2) over
+ * x in the order a gives (double accumulation); scratch holds cpu_batch_norm_moments_scratch(a)
+ * doubles. The forward then normalizes with the total's mean and variance (the kernels above in
+ * eval mode), and the backward, from the eval-mode gradient dx = k gz and the total's sum(gz) and
+ * sum(gz * xhat), subtracts the statistics' part: dx[i] -= shift[c] + (x[i] - mean[c]) * slope[c]. */
+size_t cpu_batch_norm_moments_scratch(const cpu_bn_act_args *a);
+void cpu_batch_norm_moments(const cpu_bn_act_args *a, const float *x, double *sums, double *scratch);
+void cpu_batch_norm_sync_dx(const cpu_bn_act_args *a, const float *x, const float *mean, const float *shift,
+                            const float *slope, float *dx);
+
 /* Plain batch norm in channel planes (the fused kernels without residual and activation).
  * x (N, C, S); weight, bias (C) or NULL; mean, var (C): = batch statistics (var biased) when
  * training, else read; invstd (C) =; y (N, C, S) = (x - mean) * invstd * weight + bias. */
