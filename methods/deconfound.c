@@ -44,7 +44,7 @@ typedef struct {
 } deconfound;
 
 /* Chooses alpha and logs the De-confound numbers once the main epochs are done (below). */
-static int after_training(bl_run *run, void *state);
+static int choose_and_report(bl_run *run, void *state);
 
 static int setup(bl_run *run, void *state) {
     deconfound *s = state;
@@ -73,7 +73,7 @@ static int setup(bl_run *run, void *state) {
     s->chosen_alpha = bl_params_add_buffer(&m->params, "tde.alpha", BL_F32, 0, NULL);
     if (!s->head_direction || !s->chosen_alpha) return BL_ERR;
     BL_TRY(bl_fill_(s->chosen_alpha, -1.0));
-    return bl_run_add_phase(run, &(bl_phase){"main", (int)bl_config_int(c, "train.epochs"), NULL, after_training});
+    return bl_run_add_phase(run, &(bl_phase){"main", (int)bl_config_int(c, "train.epochs"), NULL, choose_and_report});
 }
 
 static int epoch_begin(bl_run *run, void *state, int epoch) {
@@ -154,7 +154,7 @@ static int log_deconfound_test(bl_run *run, deconfound *s) {
     return rc;
 }
 
-static int after_training(bl_run *run, void *state) {
+static int choose_and_report(bl_run *run, void *state) {
     deconfound *s = state;
     if (s->fixed_alpha < 0) BL_TRY(choose_alpha(run, s));
     return log_deconfound_test(run, s);

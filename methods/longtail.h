@@ -42,7 +42,7 @@ bl_tensor *bl_lt_focal_loss(bl_tensor *logits, bl_tensor *target, double gamma, 
 bl_tensor *bl_lt_ldam_loss(bl_tensor *logits, bl_tensor *target, bl_tensor *margins, double scale,
                            bl_tensor *class_weight);
 
-/* The two losses as bl_label_loss_fn, for bl_run_label_loss (which mixes batches). */
+/* The two losses as bl_label_loss_fn, for bl_batch_label_loss (which mixes batches). */
 typedef struct {
     double gamma;
     bl_tensor *class_weight;

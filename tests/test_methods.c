@@ -576,7 +576,7 @@ static void test_recipe_losses(void) {
 
 /* A mixed batch's loss is lam L(y) + (1 - lam) L(partner) for a label-independent loss (ce) and a
  * label-dependent one (LDAM's margin sits on the target logit), the trainer's check sees that it
- * went through bl_run_label_loss, and every method trains on mixed batches (mixup and cutmix). */
+ * went through bl_batch_label_loss, and every method trains on mixed batches (mixup and cutmix). */
 static void test_mixed_losses(void) {
     const char *recipes[2] = {"ce", "ldam_drw"};
     for (int r = 0; r < 2; r++) {

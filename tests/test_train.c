@@ -394,7 +394,7 @@ static void test_errors(void) {
     bl_run_free(run);
     CHECK(count_lines_with(d, "\"error\":") == 1);
 
-    /* a mixed batch whose loss bypassed bl_run_label_loss is refused, not trained on wrong targets */
+    /* a mixed batch whose loss bypassed bl_batch_label_loss is refused, not trained on wrong targets */
     snprintf(d, sizeof d, "%s", scratch("unmixed"));
     const char *mixing[] = {"train.augment.mixup=1"};
     run = make_run(d, false, mixing, 1);

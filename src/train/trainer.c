@@ -80,7 +80,7 @@ static const bl_option trainer_options[] = {
     {"train.eval_every", BL_OPT_INT, "5", "evaluate on the validation split every this many epochs (0: never)"},
     {"train.checkpoint_every", BL_OPT_INT, "10", "checkpoint every this many epochs (0: only at the end)"},
     {"train.log_every", BL_OPT_INT, "20", "write a training record every this many steps"},
-    {"method.name", BL_OPT_STRING, "ce", "training method (see bl_method_names)"},
+    {"method.name", BL_OPT_STRING, "ce", "training recipe (see bl_recipe_names)"},
     {"output.dir", BL_OPT_STRING, NULL, "run directory (default: runs/<config file name>)"},
 };
 
