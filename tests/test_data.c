@@ -72,6 +72,19 @@ static void test_idx_plain_and_gzip(void) {
     CHECK(strstr(bl_last_error(), "short.idx") && strstr(bl_last_error(), "truncated"), "%s", bl_last_error());
     bl_clear_error();
     CHECK(bl_read_idx_labels(path_in_dir("img.idx"), &labels) == BL_ERR, "an image file is not a label file");
+    bl_clear_error();
+    /* Found by fuzz/fuzz_idx.c: no images of 0xfff7ffff x 0xfffe0300 pixels; the header matches the
+     * (empty) data, but the tensor's strides overflowed. */
+    const unsigned char huge[16] = {0, 0, 8, 3, 0, 0, 0, 0, 0xff, 0xf7, 0xff, 0xff, 0xff, 0xfe, 3, 0};
+    write_bytes(path_in_dir("huge.idx"), huge, sizeof huge);
+    CHECK(bl_read_idx_images(path_in_dir("huge.idx"), &images) == BL_ERR);
+    CHECK(strstr(bl_last_error(), "huge.idx") && strstr(bl_last_error(), "implausibly large"), "%s", bl_last_error());
+    bl_clear_error();
+    /* An empty file of 28 x 28 images is still read. */
+    const unsigned char none[16] = {0, 0, 8, 3, 0, 0, 0, 0, 0, 0, 0, 28, 0, 0, 0, 28};
+    write_bytes(path_in_dir("none.idx"), none, sizeof none);
+    CHECK(bl_read_idx_images(path_in_dir("none.idx"), &images) == BL_OK && images && images->shape[0] == 0);
+    bl_tensor_free(images);
 }
 
 static void test_png_rgb(void) {
@@ -95,6 +108,30 @@ static void test_png_rgb(void) {
     bl_clear_error();
     write_bytes(path_in_dir("bad.jpg"), "\xff\xd8\xff\xe0 garbage", 12);
     CHECK(bl_read_image(path_in_dir("bad.jpg"), &t) == BL_ERR && strstr(bl_last_error(), "bad.jpg"));
+    bl_clear_error();
+    /* Found by fuzz/fuzz_image.c: 131 bytes whose header claims 65441 x 49915 pixels made the reader
+     * allocate 3.2 GB (and decode for seconds); images beyond 2^27 pixels are refused. */
+    static const unsigned char huge_jpeg[] =
+        "\xff\xd8\xff\x01\x00\x01\x00\x00\xff\xdb\x00\x43\x00\x08\x06\x06\x05\x06\x07\x08\x07\x07\x07\x09"
+        "\x09\x08\x0a\x0c\x14\x0d\x0b\x0c\x0b\x53\x19\x12\x13\x0f\x14\x1d\x1a\x1f\x1e\x1d\x1a\x1c\x1f\x2e"
+        "\xff\xff\x60\x30\x00\x04\x24\xc0\x27\x20\x22\x2c\x23\x1c\x1c\x28\x37\x29\x2c\x30\x31\x34\x34\x34"
+        "\x1f\x27\x39\x3d\x37\x31\x3c\x2e\x33\x34\x2b\xff\xc0\x00\x0b\x08\xc2\xfb\xff\xa1\x01\x01\x12\x00"
+        "\x76\x77\x78\x3d\x79\x7a\x83\x84\x85\x86\x87\x88\x89\x8a\x92\xfa\xff\xda\x00\x08\x01\x01\x00\x00"
+        "\x3f\x00\xf1\x44\xb5\x8b\xfb\x06\xb5\xff\xd9";
+    write_bytes(path_in_dir("huge.jpg"), huge_jpeg, sizeof huge_jpeg - 1);
+    CHECK(bl_read_image(path_in_dir("huge.jpg"), &t) == BL_ERR);
+    CHECK(strstr(bl_last_error(), "huge.jpg") && strstr(bl_last_error(), "65441 x 49915"), "%s", bl_last_error());
+    bl_clear_error();
+    /* The same for a PNG header (IHDR of 20000 x 20000 RGB, an empty IDAT). */
+    unsigned char png[8 + 25 + 12 + 12];
+    memcpy(png, "\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR\0\0\x4e\x20\0\0\x4e\x20\x08\x02\0\0\0", 29);
+    uLong crc = crc32(0, png + 12, 17);
+    for (int i = 0; i < 4; i++) png[29 + i] = (unsigned char)(crc >> (24 - 8 * i));
+    memcpy(png + 33, "\0\0\0\0IDAT\x35\xaf\x06\x1e\0\0\0\0IEND\xae\x42\x60\x82", 24);
+    write_bytes(path_in_dir("huge.png"), png, sizeof png);
+    CHECK(bl_read_image(path_in_dir("huge.png"), &t) == BL_ERR);
+    CHECK(strstr(bl_last_error(), "huge.png") && strstr(bl_last_error(), "20000 x 20000"), "%s", bl_last_error());
+    bl_clear_error();
 }
 
 static void test_images_to_float(void) {

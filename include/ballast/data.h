@@ -34,7 +34,8 @@ int bl_read_cifar(const char *path, int label_bytes, int label_index, bl_dataset
 /* IDX files (MNIST, Fashion-MNIST), plain or gzip-compressed: images (N, 1, H, W) or labels (N). */
 int bl_read_idx_images(const char *path, bl_tensor **images);
 int bl_read_idx_labels(const char *path, bl_tensor **labels);
-/* One PNG or JPEG file (chosen by its signature) as U8 (C, H, W), C = 1 or 3 (alpha dropped). */
+/* One PNG or JPEG file (chosen by its signature) as U8 (C, H, W), C = 1 or 3 (alpha dropped).
+ * Images of more than 2^27 pixels are refused. */
 int bl_read_image(const char *path, bl_tensor **image);
 /* A single PNG/JPEG, or a dataset file (CIFAR .bin, IDX images), as a dataset: CIFAR is detected
  * by size (multiples of 3073 or 3074 bytes), IDX by its magic number. */

@@ -22,6 +22,10 @@ void bl_dataset_free(bl_dataset *ds) {
     memset(ds, 0, sizeof *ds);
 }
 
+/* The largest image bl_read_image decodes (2^27 pixels, 384 MiB as RGB): a header of a few bytes
+ * can claim 65535 x 65535 pixels, which would otherwise be allocated (and decoded) in full. */
+#define BL_IMAGE_MAX_PIXELS ((uint64_t)1 << 27)
+
 /* Reads a whole file (transparently gunzipping when it starts with the gzip magic). */
 static unsigned char *read_file(const char *path, size_t *size) {
     gzFile f = gzopen(path, "rb");
@@ -112,8 +116,24 @@ static unsigned char *read_idx(const char *path, int want_dims, uint32_t *dims, 
     else if (size < 4 + 4 * (size_t)want_dims)
         problem = "truncated header";
     if (!problem) {
-        size_t expect = 1;
-        for (int d = 0; d < want_dims; d++) expect *= (dims[d] = be32(buf + 4 + 4 * d));
+        /* The dims, each counted as at least 1, must multiply to at most 2^40: with a zero dim the
+         * product of the others could otherwise wrap, or overflow the tensor's strides. */
+        const size_t limit = (size_t)1 << 40;
+        size_t expect = 1, bound = 1;
+        bool too_large = false;
+        for (int d = 0; d < want_dims; d++) {
+            dims[d] = be32(buf + 4 + 4 * d);
+            expect *= dims[d];
+            size_t f = dims[d] ? dims[d] : 1;
+            if (bound > limit / f) too_large = true;
+            else bound *= f;
+        }
+        if (too_large) {
+            bl_set_error("%s: IDX header dims %u x %u x %u are implausibly large (corrupt)", path,
+                         dims[0], want_dims > 1 ? dims[1] : 1, want_dims > 2 ? dims[2] : 1);
+            free(buf);
+            return NULL;
+        }
         if (size - 4 - 4 * (size_t)want_dims != expect) {
             bl_set_error("%s: IDX header promises %zu bytes of data, the file has %zu (truncated or corrupt)",
                          path, expect, size - 4 - 4 * (size_t)want_dims);
@@ -170,6 +190,12 @@ static int read_png(const char *path, FILE *f, bl_tensor **image) {
     img.version = PNG_IMAGE_VERSION;
     if (!png_image_begin_read_from_stdio(&img, f)) {
         bl_set_error("%s: not a readable PNG (%s)", path, img.message);
+        return BL_ERR;
+    }
+    if ((uint64_t)img.width * img.height > BL_IMAGE_MAX_PIXELS) {
+        bl_set_error("%s: PNG of %u x %u pixels, more than the %llu this reader accepts", path, img.width,
+                     img.height, (unsigned long long)BL_IMAGE_MAX_PIXELS);
+        png_image_free(&img);
         return BL_ERR;
     }
     bool gray = !(img.format & PNG_FORMAT_FLAG_COLOR);
@@ -229,6 +255,11 @@ static int read_jpeg(const char *path, FILE *f, bl_tensor **image) {
     jpeg_create_decompress(&cinfo);
     jpeg_stdio_src(&cinfo, f);
     jpeg_read_header(&cinfo, TRUE);
+    if ((uint64_t)cinfo.image_width * cinfo.image_height > BL_IMAGE_MAX_PIXELS) {
+        snprintf(err.message, sizeof err.message, "%u x %u pixels, more than the %llu this reader accepts",
+                 cinfo.image_width, cinfo.image_height, (unsigned long long)BL_IMAGE_MAX_PIXELS);
+        longjmp(err.escape, 1);
+    }
     cinfo.out_color_space = cinfo.num_components == 1 ? JCS_GRAYSCALE : JCS_RGB;
     jpeg_start_decompress(&cinfo);
     int w = (int)cinfo.output_width, h = (int)cinfo.output_height, c = cinfo.output_components;

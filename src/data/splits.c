@@ -286,6 +286,17 @@ int bl_indices_load(const char *path, int64_t **indices, int64_t *n) {
         line_no++;
         char *p = line;
         while (*p == ' ' || *p == '\t') p++;
+        if (!strchr(line, '\n') && !feof(f)) {
+            /* A line longer than the buffer: a comment's rest is skipped; no index is that long. */
+            if (*p == '#') {
+                int ch;
+                while ((ch = fgetc(f)) != EOF && ch != '\n') {}
+                continue;
+            }
+            bl_set_error("%s:%lld: line longer than %d characters", path, (long long)line_no, (int)sizeof line - 2);
+            rc = BL_ERR;
+            break;
+        }
         if (*p == '#' || *p == '\n' || *p == '\r' || *p == '\0') continue;
         char *end;
         errno = 0;
