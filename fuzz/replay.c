@@ -1,6 +1,9 @@
 /* Replays a fuzz corpus without libFuzzer: runs every file of each directory (or each file) named
  * on the command line through the harness's LLVMFuzzerTestOneInput. Built with the normal compiler
  * as a ctest per harness, so CI (and the sanitizer build) re-checks every committed input. */
+#include "ballast/files.h"
+#include "ballast/tensor.h"
+
 #include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -11,30 +14,10 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static int run_file(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "%s: cannot open\n", path);
-        return 1;
-    }
-    size_t cap = 4096, n = 0;
-    uint8_t *buf = malloc(cap);
-    size_t got;
-    while (buf && (got = fread(buf + n, 1, cap - n, f)) > 0) {
-        n += got;
-        if (n == cap) {
-            uint8_t *grown = realloc(buf, cap * 2);
-            if (!grown) {
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            buf = grown;
-            cap *= 2;
-        }
-    }
-    fclose(f);
+    size_t n = 0;
+    char *buf = bl_file_read(path, &n);
     if (!buf) {
-        fprintf(stderr, "%s: out of memory\n", path);
+        fprintf(stderr, "%s\n", bl_last_error());
         return 1;
     }
     /* An exact-size copy, so a read past the input's end is caught by ASan as under libFuzzer. */
