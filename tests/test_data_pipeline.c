@@ -225,6 +225,42 @@ static void test_holdout_complement_subset(void) {
 
 /* ---- samplers ----------------------------------------------------------------------------------- */
 
+/* The weighted sampler draws row i with probability w_i / sum w (never a row of weight 0), reads
+ * the weights anew each epoch, and repeats an epoch's draws with its seed. */
+static void test_weighted_sampler(void) {
+    int64_t n = 4;
+    bl_tensor *w = bl_tensor_new_persistent(BL_F32, 1, &n);
+    const float start[4] = {1, 2, 0, 5};
+    memcpy(w->data, start, sizeof start);
+    bl_sampler *s = bl_sampler_weighted(w, 9);
+    CHECK(s && strcmp(bl_sampler_kind(s), "weighted") == 0);
+    if (!s) return;
+    int64_t counts[4] = {0}, order[4], again[4];
+    const int epochs = 20000;
+    for (int e = 0; e < epochs; e++) {
+        CHECK(bl_sampler_epoch(s, e, epochs, order, 4) == BL_OK);
+        for (int i = 0; i < 4; i++) counts[order[i]]++;
+    }
+    const double total = 4.0 * epochs;
+    CHECK(counts[2] == 0, "a row of weight 0 was drawn %lld times", (long long)counts[2]);
+    /* binomial standard deviations at 80000 draws are below 0.002; 0.01 is five of them */
+    CHECK(fabs(counts[0] / total - 1.0 / 8) < 0.01 && fabs(counts[1] / total - 2.0 / 8) < 0.01 &&
+              fabs(counts[3] / total - 5.0 / 8) < 0.01,
+          "frequencies %g %g %g", counts[0] / total, counts[1] / total, counts[3] / total);
+    CHECK(bl_sampler_epoch(s, 3, epochs, order, 4) == BL_OK && bl_sampler_epoch(s, 3, epochs, again, 4) == BL_OK &&
+          memcmp(order, again, sizeof order) == 0, "the same epoch, the same draws");
+    ((float *)w->data)[3] = 0; /* the weights are read at every epoch */
+    ((float *)w->data)[1] = 0;
+    CHECK(bl_sampler_epoch(s, 0, epochs, order, 4) == BL_OK);
+    for (int i = 0; i < 4; i++) CHECK(order[i] == 0, "only row 0 has weight left, drew %lld", (long long)order[i]);
+    ((float *)w->data)[0] = -1;
+    CHECK(bl_sampler_epoch(s, 0, epochs, order, 4) == BL_ERR && strstr(bl_last_error(), "weight 0 is -1"), "%s",
+          bl_last_error());
+    bl_clear_error();
+    bl_sampler_free(s);
+    bl_tensor_free(w);
+}
+
 /* The validation draw: 3 classes of 20 rows; the subset keeps all of class 0 (the head), 10 of
  * class 1 and 2 of class 2. With 4 per class, classes 1 and 2 take theirs from the left-out rows
  * (class 2 has 18 of them), class 0 has none left out and gives up 4 of its 20 subset rows; no
@@ -895,7 +931,7 @@ static void test_truncated_jpeg(void) {
 int main(void) {
     if (!mkdtemp(dir)) return 1;
     const test_case cases[] = {TEST(test_longtail_counts_match_protocol), TEST(test_longtail_indices),
-                               TEST(test_index_file_round_trip),          TEST(test_holdout_complement_subset), TEST(test_validation_draw),
+                               TEST(test_index_file_round_trip),          TEST(test_holdout_complement_subset), TEST(test_validation_draw), TEST(test_weighted_sampler),
                                TEST(test_sampler_frequencies),            TEST(test_augment_against_naive), TEST(test_color_jitter),
                                TEST(test_augment_offsets_uniform),        TEST(test_mix_batch), TEST(test_loader_determinism),
                                TEST(test_loader_hook_error),              TEST(test_cifar_and_idx_datasets),
